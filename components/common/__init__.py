@@ -1,0 +1,1 @@
+"""Helpers shared by several steps: prompts, answer extraction, recipes, model loading, statistics."""

@@ -1,0 +1,187 @@
+"""Recipes: one YAML file per model/hardware, loaded into dataclasses and overridable from the CLI.
+
+A recipe may ``extends: <other recipe>``; its sections are merged key by key over the parent's, so a
+variant states only what differs. ``--set section.field=value`` overrides any field (value parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.errors import UserError, choices_error
+from components.common.prompts import NOTEBOOK_PROMPT_TEMPLATE, validate_template
+
+RECIPE_PACKAGE = "components.recipes"
+GENERATION_BACKENDS = ("auto", "vllm", "transformers")
+
+
+@dataclass
+class ModelSpec:
+    model_id: str = "google/medgemma-4b-it"
+    dtype: str = "bfloat16"
+    # Gemma 3 runs correctly with sdpa on current transformers; the notebook's "eager" was a workaround.
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class DataSpec:
+    prompt_template: str = NOTEBOOK_PROMPT_TEMPLATE
+    # TRL no longer truncates prompts, so the notebook's max_prompt_length=512 is enforced in data prep.
+    max_prompt_tokens: int = 512
+    val_size: int = 100
+    seed: int = 42
+
+
+@dataclass
+class LoraSpec:
+    r: int = 64
+    alpha: int = 64
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class RewardSpec:
+    """Weights of the reward functions (0 disables one)."""
+
+    correctness: float = 1.0
+    format: float = 0.0
+
+
+@dataclass
+class EvalSpec:
+    """The notebook's protocol by default: sampling at T=0.7, top-p 0.9, 512 new tokens, fixed seed."""
+
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    seed: int = 42
+    samples_per_question: int = 1
+    batch_size: int = 0  # 0: chosen from free memory
+    backend: str = "auto"
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str = ""
+    generation_backend: str = "auto"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    rewards: RewardSpec = field(default_factory=RewardSpec)
+    evaluation: EvalSpec = field(default_factory=EvalSpec)
+    # Keyword arguments of trl.GRPOConfig, checked against it by the training step.
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise choices_error("generation_backend", self.generation_backend, GENERATION_BACKENDS)
+        if self.evaluation.backend not in GENERATION_BACKENDS:
+            raise choices_error("evaluation.backend", self.evaluation.backend, GENERATION_BACKENDS)
+        validate_template(self.data.prompt_template)
+        for name, value in [
+            ("data.max_prompt_tokens", self.data.max_prompt_tokens),
+            ("lora.r", self.lora.r),
+            ("evaluation.max_new_tokens", self.evaluation.max_new_tokens),
+            ("evaluation.samples_per_question", self.evaluation.samples_per_question),
+        ]:
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"recipe {self.name!r}: {name} must be a positive integer, got {value!r}")
+        if self.rewards.correctness < 0 or self.rewards.format < 0:
+            raise UserError(f"recipe {self.name!r}: reward weights must be >= 0")
+        if self.rewards.correctness == 0 and self.rewards.format == 0:
+            raise UserError(f"recipe {self.name!r}: at least one reward weight must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
+_SECTION_CLASSES = {"model": ModelSpec, "data": DataSpec, "lora": LoraSpec, "rewards": RewardSpec, "evaluation": EvalSpec}
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files(RECIPE_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) and path.is_file():
+        text, name = path.read_text(), path.stem
+    elif name_or_path in available_recipes():
+        text, name = resources.files(RECIPE_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+    else:
+        raise choices_error("recipe", name_or_path, available_recipes() + ["<path/to/recipe.yaml>"])
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {name_or_path!r} must be a YAML mapping")
+    return name, raw
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _resolve(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    if name_or_path in seen:
+        raise UserError(f"recipe 'extends' cycle: {' -> '.join(seen + (name_or_path,))}")
+    name, raw = _read_yaml(name_or_path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return name, raw
+    _, parent_raw = _resolve(parent, seen + (name_or_path,))
+    parent_raw.pop("description", None)
+    return name, _merge(parent_raw, raw)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["train.learning_rate=1e-4", "lora.r=8"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} must look like section.field=value")
+        parts = key.split(".")
+        target = nested
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = yaml.safe_load(value)
+    return nested
+
+
+def _build(name: str, raw: dict[str, Any]) -> Recipe:
+    kwargs: dict[str, Any] = {"name": raw.pop("name", name)}
+    for key, value in raw.items():
+        if key not in _SECTIONS or key == "name":
+            raise choices_error(f"recipe {name!r} key", key, [k for k in _SECTIONS if k != "name"])
+        cls = _SECTION_CLASSES.get(key)
+        if cls is None:
+            kwargs[key] = value
+            continue
+        if not isinstance(value, dict):
+            raise UserError(f"recipe {name!r}: section {key!r} must be a mapping")
+        valid = {f.name for f in dataclasses.fields(cls)}
+        for sub in value:
+            if sub not in valid:
+                raise choices_error(f"recipe {name!r} field {key}.", sub, valid)
+        kwargs[key] = cls(**value)
+    recipe = Recipe(**kwargs)
+    recipe.validate()
+    return recipe
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load a bundled recipe by name (or a YAML path), apply ``section.field=value`` overrides, validate."""
+    name, raw = _resolve(name_or_path)
+    return _build(name, _merge(raw, parse_overrides(overrides)))
