@@ -1,0 +1,79 @@
+"""Google Cloud Storage paths and copies, shared by steps that hand files to Vertex AI.
+
+Vertex AI Pipelines mounts buckets with Cloud Storage FUSE under ``/gcs/<bucket>/``, so an artifact a task
+sees as a local path may already be in GCS; ``to_gcs_uri`` recognises that and avoids a second copy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import UserError
+
+GCS_SCHEME = "gs://"
+GCS_FUSE_ROOT = "/gcs/"
+
+
+def is_gcs_uri(uri: str) -> bool:
+    return uri.startswith(GCS_SCHEME)
+
+
+def split_gcs_uri(uri: str, parameter: str = "uri") -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``; a clear error naming ``parameter`` otherwise."""
+    if not is_gcs_uri(uri):
+        raise UserError(f"{parameter} must start with gs://, got {uri!r}")
+    bucket, _, prefix = uri[len(GCS_SCHEME) :].partition("/")
+    if not bucket:
+        raise UserError(f"{parameter} has no bucket name: {uri!r}")
+    return bucket, prefix.strip("/")
+
+
+def to_gcs_uri(path_or_uri: str) -> str | None:
+    """The ``gs://`` form of a GCS URI or of a path under the Cloud Storage FUSE mount; ``None`` for local."""
+    if is_gcs_uri(path_or_uri):
+        return path_or_uri.rstrip("/")
+    if path_or_uri.startswith(GCS_FUSE_ROOT):
+        return GCS_SCHEME + path_or_uri[len(GCS_FUSE_ROOT) :].rstrip("/")
+    return None
+
+
+def join_gcs_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def storage_client(project: str | None = None, credentials: Any = None) -> Any:
+    from google.cloud import storage
+
+    return storage.Client(project=project, credentials=credentials)
+
+
+def upload_directory(local_dir: str | os.PathLike[str], destination_uri: str, client: Any = None) -> list[str]:
+    """Copy every file under ``local_dir`` to ``destination_uri`` keeping relative paths; returns the URIs.
+
+    Re-running overwrites the same objects, so a retried task leaves the same result.
+    """
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise UserError(f"model directory {str(local_dir)!r} does not exist or is not a directory")
+    bucket_name, prefix = split_gcs_uri(destination_uri, "destination_uri")
+    client = client or storage_client()
+    bucket = client.bucket(bucket_name)
+    uploaded = []
+    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        relative = file.relative_to(local_dir).as_posix()
+        blob_name = f"{prefix}/{relative}" if prefix else relative
+        bucket.blob(blob_name).upload_from_filename(str(file))
+        uploaded.append(f"{GCS_SCHEME}{bucket_name}/{blob_name}")
+    if not uploaded:
+        raise UserError(f"model directory {str(local_dir)!r} is empty")
+    return uploaded
+
+
+def list_gcs_files(uri: str, client: Any = None) -> list[str]:
+    """Object names (relative to ``uri``) under a ``gs://`` prefix."""
+    bucket_name, prefix = split_gcs_uri(uri)
+    client = client or storage_client()
+    listed = client.list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None)
+    return sorted(blob.name[len(prefix) + 1 :] if prefix else blob.name for blob in listed)

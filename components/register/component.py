@@ -1,0 +1,56 @@
+"""KFP wrapper for the register step. No @dsl.component here: pipelines/ binds the image at compile time
+with ``dsl.component(register_model, base_image=..., install_kfp_package=False)``. KFP serializes only
+this function's source, so it imports what it needs inside itself."""
+
+from kfp.dsl import Artifact, Input, Model, Output
+
+
+def register_model(
+    model: Input[Model],
+    comparison: Input[Artifact],
+    registered_model: Output[Artifact],
+    registry_uri: str,
+    model_name: str,
+    recipe: str,
+    pipeline_run: str,
+    base_model: str = "google/medgemma-4b-it",
+    data_fingerprint: str = "",
+    serving_mode: str = "adapter",
+    serving_image: str = "",
+    api_endpoint: str = "",
+) -> str:
+    """Register the tuned model as a new version; returns its resource name (Vertex) or folder (file registry).
+
+    registry_uri: a folder (file registry) or vertex://projects/P/locations/L. pipeline_run: pass
+    dsl.PIPELINE_JOB_NAME_PLACEHOLDER so a retried task finds the version it made. Local model files are
+    copied under this task's output (inside the pipeline root) before a Vertex upload.
+    """
+    import json
+    import logging
+
+    from components.register.core import DEFAULT_VLLM_IMAGE
+    from components.register.core import register_model as register
+
+    logging.basicConfig(level=logging.INFO)
+    staging_uri = registered_model.uri if registered_model.uri.startswith("gs://") else None
+    result = register(
+        model.path,  # on Vertex a /gcs/ FUSE path, which the core maps back to gs:// (no second copy)
+        comparison.path,
+        registry_uri,
+        model_name=model_name,
+        base_model=base_model,
+        recipe=recipe,
+        data_fingerprint=data_fingerprint,
+        pipeline_run=pipeline_run,
+        serving_mode=serving_mode,
+        serving_image=serving_image or DEFAULT_VLLM_IMAGE,
+        staging_uri=staging_uri,
+        api_endpoint=api_endpoint or None,
+    )
+    registered_model.metadata.update(
+        {"resource_name": result.resource_name, "version": result.version, "aliases": result.aliases,
+         "artifact_uri": result.uri, "backend": result.backend, "created": result.created}
+    )
+    with open(registered_model.path, "w", encoding="utf-8") as handle:
+        json.dump(result.to_dict(), handle, indent=2)
+    return result.resource_name

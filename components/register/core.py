@@ -1,0 +1,505 @@
+"""Register the tuned model: a file registry for local runs, the Vertex AI Model Registry on Vertex.
+
+Both backends keep the same rules:
+- one registered model per ``model_name``; each registration adds a version (1, 2, ...);
+- the new version gets the alias ``challenger``; ``champion`` (and ``default``, which serving uses when no
+  version is named) moves to it only when the gate passed; the first version is always ``default``,
+  as Vertex requires;
+- an alias names one version at a time: giving it to the new version takes it from the old one;
+- idempotent by the ``pipeline_run`` label: a retried task finds its version and creates none.
+
+``registry_uri`` picks the backend: a local folder, or ``vertex://projects/P/locations/L``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from components.common import gcs
+from components.common.errors import UserError, choices_error
+from components.common.jsonl import write_json
+
+logger = logging.getLogger(__name__)
+
+SERVING_MODES = ("adapter", "merged")
+CHALLENGER_ALIAS = "challenger"
+CHAMPION_ALIAS = "champion"
+DEFAULT_ALIAS = "default"
+RUN_LABEL = "pipeline_run"
+VERTEX_SCHEME = "vertex://"
+# Model Garden's vLLM serving image (what Model Garden deploys Gemma/MedGemma with); override per run.
+DEFAULT_VLLM_IMAGE = (
+    "us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/pytorch-vllm-serve:20251211_0916_RC01_stable"
+)
+VLLM_PORT = 8080
+# Vertex has no schema for multiple-choice QA; accuracy-style metrics fit the classification schema best.
+EVALUATION_METRICS_SCHEMA_URI = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
+COMPARISON_FILE = "comparison.json"
+REQUIRED_COMPARISON_KEYS = ("baseline_accuracy", "tuned_accuracy", "delta", "p_value", "passes_gate")
+_VERTEX_LOCATION = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/?$")
+_LABEL_MAX = 63
+
+
+@dataclass
+class RegisteredModel:
+    """Where a registration landed. ``created`` is False when an earlier attempt of the run had done it."""
+
+    resource_name: str
+    uri: str
+    version: str
+    aliases: list[str]
+    created: bool
+    backend: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def load_comparison(comparison_path: str | Path) -> dict[str, Any]:
+    """comparison.json (compare's output) from a file path or the directory holding it."""
+    path = Path(comparison_path)
+    if path.is_dir():
+        path = path / COMPARISON_FILE
+    if not path.is_file():
+        raise UserError(f"comparison_path: {str(path)!r} not found (expected compare's {COMPARISON_FILE})")
+    try:
+        comparison = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"comparison_path: {path} is not valid JSON ({err.msg})") from None
+    missing = [key for key in REQUIRED_COMPARISON_KEYS if key not in comparison]
+    if missing:
+        raise UserError(f"comparison_path: {path} lacks {', '.join(missing)}")
+    return comparison
+
+
+def resolve_model_files(model_dir: str, serving_mode: str) -> str:
+    """The directory to register: ``model_dir`` itself, or its ``adapter/``/``merged/`` child (grpo_train's
+    output layout). A local directory is checked for the files its mode needs; a GCS URI is taken as given."""
+    if serving_mode not in SERVING_MODES:
+        raise choices_error("serving_mode", serving_mode, SERVING_MODES)
+    if gcs.is_gcs_uri(model_dir):
+        return model_dir.rstrip("/")
+    path = Path(model_dir)
+    if (path / serving_mode).is_dir():
+        path = path / serving_mode
+    if not path.is_dir():
+        raise UserError(f"model_dir: {model_dir!r} is not a directory")
+    needed = "adapter_config.json" if serving_mode == "adapter" else "config.json"
+    if not (path / needed).is_file():
+        raise UserError(f"model_dir: {str(path)!r} has no {needed}, so it is not a {serving_mode} model")
+    return str(path)
+
+
+def sanitize_label(text: str) -> str:
+    """A Vertex label key/value: lowercase letters, digits, ``_`` and ``-``, at most 63 characters.
+
+    A long value keeps a hash of the full text at its end so two runs never share a truncated label.
+    """
+    cleaned = re.sub(r"[^a-z0-9_-]+", "-", str(text).lower()).strip("-")
+    if len(cleaned) > _LABEL_MAX:
+        digest = hashlib.sha256(str(text).encode()).hexdigest()[:8]
+        cleaned = f"{cleaned[: _LABEL_MAX - 9].rstrip('-')}-{digest}"
+    return cleaned
+
+
+def build_labels(**values: str) -> dict[str, str]:
+    labels = {}
+    for key, value in values.items():
+        if value in (None, ""):
+            continue
+        label_key = sanitize_label(key)
+        if not label_key or not label_key[0].isalpha():
+            label_key = f"k-{label_key}"[:_LABEL_MAX]
+        labels[label_key] = sanitize_label(value)
+    return labels
+
+
+def results_table(comparison: dict[str, Any]) -> str:
+    """The markdown table shown in the registry's description (numbers only, no data)."""
+
+    def pct(value: Any) -> str:
+        return f"{100 * float(value):.1f}%" if isinstance(value, (int, float)) else "n/a"
+
+    delta = pct(comparison["delta"])
+    if "delta_ci_low" in comparison and "delta_ci_high" in comparison:
+        delta += f" (95% CI {pct(comparison['delta_ci_low'])} to {pct(comparison['delta_ci_high'])})"
+    rows = [
+        ("Baseline accuracy", pct(comparison["baseline_accuracy"])),
+        ("Tuned accuracy", pct(comparison["tuned_accuracy"])),
+        ("Delta", delta),
+        ("p-value (McNemar)", f"{float(comparison['p_value']):.4g}"),
+        ("Questions (n)", str(comparison.get("n", "n/a"))),
+        ("Gate passed", "yes" if comparison["passes_gate"] else "no"),
+    ]
+    return "\n".join(["| Metric | Value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def vllm_container(serving_mode: str, base_model: str, adapter_name: str) -> dict[str, Any]:
+    """vLLM server arguments for Vertex's Model Garden image. Vertex copies the artifact to a location it
+    puts in ``AIP_STORAGE_URI`` and expands ``$(AIP_STORAGE_URI)`` in args."""
+    args = ["python", "-m", "vllm.entrypoints.api_server", "--host=0.0.0.0", f"--port={VLLM_PORT}"]
+    if serving_mode == "merged":
+        args.append("--model=$(AIP_STORAGE_URI)")
+    else:
+        # The base is pulled at deploy time (a gated model: the endpoint needs HF_TOKEN set at deploy).
+        args += [f"--model={base_model}", "--enable-lora", f"--lora-modules={adapter_name}=$(AIP_STORAGE_URI)"]
+    args += ["--max-model-len=4096", "--gpu-memory-utilization=0.9", "--disable-log-stats"]
+    return {
+        "args": args,
+        "env": {"MODEL_ID": base_model, "DEPLOY_SOURCE": "medgemma-grpo-pipeline"},
+        "ports": [VLLM_PORT],
+        "predict_route": "/generate",
+        "health_route": "/ping",
+        "shared_memory_size_mb": 16 * 1024,
+        "deployment_timeout_s": 7200,
+    }
+
+
+def new_version_aliases(passed_gate: bool, first_version: bool) -> list[str]:
+    aliases = [CHALLENGER_ALIAS]
+    if passed_gate:
+        aliases.append(CHAMPION_ALIAS)
+    if passed_gate or first_version:
+        aliases.append(DEFAULT_ALIAS)
+    return aliases
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def register_model(
+    model_dir: str,
+    comparison_path: str,
+    registry_uri: str,
+    *,
+    model_name: str,
+    base_model: str,
+    recipe: str,
+    data_fingerprint: str,
+    pipeline_run: str,
+    serving_mode: str = "adapter",
+    passed_gate: bool | None = None,
+    serving_image: str = DEFAULT_VLLM_IMAGE,
+    staging_uri: str | None = None,
+    api_endpoint: str | None = None,
+    credentials: Any = None,
+) -> RegisteredModel:
+    """Register ``model_dir`` as a new version of ``model_name`` (or return the version this run made).
+
+    ``passed_gate`` defaults to comparison.json's ``passes_gate``. ``staging_uri`` (gs://, e.g. under the
+    pipeline root) is where local model files are copied before a Vertex upload.
+    """
+    if not model_name or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", model_name):
+        raise UserError(
+            f"model_name must be 1-128 letters, digits, '_', '-', '.' starting with a letter/digit, got {model_name!r}"
+        )
+    if not pipeline_run.strip():
+        raise UserError("pipeline_run must not be empty (it makes a retried registration idempotent)")
+    if not base_model:
+        raise UserError("base_model must not be empty")
+    if not serving_image:
+        raise UserError("serving_image must not be empty")
+    comparison = load_comparison(comparison_path)
+    if passed_gate is None:
+        passed_gate = bool(comparison["passes_gate"])
+    source = resolve_model_files(model_dir, serving_mode)
+    labels = build_labels(
+        pipeline_run=pipeline_run,
+        base_model=base_model,
+        recipe=recipe,
+        data_fingerprint=data_fingerprint,
+        serving_mode=serving_mode,
+        passed_gate=str(passed_gate).lower(),
+    )
+    request = _Registration(
+        model_name=model_name,
+        source=source,
+        serving_mode=serving_mode,
+        base_model=base_model,
+        recipe=recipe,
+        data_fingerprint=data_fingerprint,
+        pipeline_run=pipeline_run,
+        passed_gate=passed_gate,
+        comparison=comparison,
+        labels=labels,
+        serving_image=serving_image,
+        container=vllm_container(serving_mode, base_model, adapter_name=sanitize_label(model_name)),
+        description=f"GRPO + LoRA tuned {base_model} ({serving_mode}) from recipe {recipe}.\n\n"
+        + results_table(comparison),
+    )
+    if registry_uri.startswith(VERTEX_SCHEME):
+        project, location = parse_vertex_registry_uri(registry_uri)
+        result = _register_on_vertex(
+            request, project, location, staging_uri=staging_uri, api_endpoint=api_endpoint, credentials=credentials
+        )
+    elif gcs.is_gcs_uri(registry_uri):
+        raise UserError(
+            "registry_uri: a gs:// registry is not supported; use a local folder (a /gcs/ FUSE path works on "
+            "Vertex) or vertex://projects/P/locations/L"
+        )
+    else:
+        result = _register_in_folder(request, Path(registry_uri))
+    logger.info(
+        "registered %s version %s (%s) aliases=%s created=%s",
+        model_name,
+        result.version,
+        result.resource_name,
+        result.aliases,
+        result.created,
+    )
+    return result
+
+
+def parse_vertex_registry_uri(registry_uri: str) -> tuple[str, str]:
+    match = _VERTEX_LOCATION.match(registry_uri[len(VERTEX_SCHEME) :])
+    if not match:
+        raise UserError(f"registry_uri must look like vertex://projects/PROJECT/locations/REGION, got {registry_uri!r}")
+    return match["project"], match["location"]
+
+
+@dataclass
+class _Registration:
+    model_name: str
+    source: str
+    serving_mode: str
+    base_model: str
+    recipe: str
+    data_fingerprint: str
+    pipeline_run: str
+    passed_gate: bool
+    comparison: dict[str, Any]
+    labels: dict[str, str]
+    serving_image: str
+    container: dict[str, Any]
+    description: str
+
+
+# ---------------------------------------------------------------------------------------------- file registry
+
+MANIFEST_FILE = "manifest.json"
+ALIASES_FILE = "aliases.json"
+
+
+def _read_aliases(model_root: Path) -> dict[str, int]:
+    path = model_root / ALIASES_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _versions(model_root: Path) -> list[int]:
+    versions_dir = model_root / "versions"
+    if not versions_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in versions_dir.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file())
+
+
+def _aliases_of(aliases: dict[str, int], version: int) -> list[str]:
+    return sorted(alias for alias, target in aliases.items() if target == version)
+
+
+def _register_in_folder(request: _Registration, registry: Path) -> RegisteredModel:
+    model_root = registry / request.model_name
+    versions = _versions(model_root)
+    aliases = _read_aliases(model_root)
+    run_label = request.labels[RUN_LABEL]
+    for version in versions:
+        manifest = json.loads((model_root / "versions" / str(version) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        if manifest["labels"].get(RUN_LABEL) == run_label:
+            # An attempt that stopped between writing the version and moving aliases left it unaliased;
+            # finish its job, unless a newer version exists (then moving aliases back would be wrong).
+            if not _aliases_of(aliases, version) and version == versions[-1]:
+                aliases = _move_aliases(model_root, aliases, version, new_version_aliases(
+                    request.passed_gate, first_version=version == versions[0]))
+            return _folder_result(model_root, version, manifest, aliases, created=False)
+
+    (model_root / "versions").mkdir(parents=True, exist_ok=True)
+    # Build the version in a scratch folder and rename it into place, so a reader never sees half a version.
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=model_root))
+    try:
+        manifest = _write_folder_version(request, staging)
+        version = (versions[-1] if versions else 0) + 1
+        while True:
+            try:
+                staging.rename(model_root / "versions" / str(version))
+                break
+            except OSError:  # another registration took this number first
+                version += 1
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    manifest["version"] = str(version)
+    write_json(model_root / "versions" / str(version) / MANIFEST_FILE, manifest)
+    aliases = _move_aliases(
+        model_root, aliases, version, new_version_aliases(request.passed_gate, first_version=not versions)
+    )
+    return _folder_result(model_root, version, manifest, aliases, created=True)
+
+
+def _write_folder_version(request: _Registration, version_dir: Path) -> dict[str, Any]:
+    if gcs.is_gcs_uri(request.source):
+        artifact_uri = request.source  # already in GCS: keep a reference, copy nothing
+    else:
+        shutil.copytree(request.source, version_dir / "model")
+        artifact_uri = "model"
+    write_json(version_dir / "evaluation.json", request.comparison)
+    (version_dir / "description.md").write_text(request.description + "\n", encoding="utf-8")
+    manifest = {
+        "model_name": request.model_name,
+        "artifact_uri": artifact_uri,
+        "source": request.source,
+        "serving_mode": request.serving_mode,
+        "base_model": request.base_model,
+        "recipe": request.recipe,
+        "data_fingerprint": request.data_fingerprint,
+        "pipeline_run": request.pipeline_run,
+        "passed_gate": request.passed_gate,
+        "labels": request.labels,
+        "serving_container": {"image_uri": request.serving_image, **request.container},
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    write_json(version_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _move_aliases(model_root: Path, aliases: dict[str, int], version: int, new_aliases: list[str]) -> dict[str, int]:
+    updated = {**aliases, **{alias: version for alias in new_aliases}}
+    write_json(model_root / ALIASES_FILE, dict(sorted(updated.items())))
+    return updated
+
+
+def _folder_result(
+    model_root: Path, version: int, manifest: dict[str, Any], aliases: dict[str, int], created: bool
+) -> RegisteredModel:
+    version_dir = model_root / "versions" / str(version)
+    artifact_uri = manifest["artifact_uri"]
+    return RegisteredModel(
+        resource_name=str(version_dir),
+        uri=artifact_uri if gcs.is_gcs_uri(artifact_uri) else str(version_dir / artifact_uri),
+        version=str(version),
+        aliases=_aliases_of(aliases, version),
+        created=created,
+        backend="file",
+        labels=manifest["labels"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- Vertex AI
+
+
+def _register_on_vertex(
+    request: _Registration,
+    project: str,
+    location: str,
+    *,
+    staging_uri: str | None,
+    api_endpoint: str | None,
+    credentials: Any,
+) -> RegisteredModel:
+    from google.cloud import aiplatform
+
+    init_kwargs: dict[str, Any] = {"project": project, "location": location, "credentials": credentials}
+    if api_endpoint:
+        init_kwargs["api_endpoint"] = api_endpoint
+        if api_endpoint.startswith("http://"):
+            init_kwargs["api_transport"] = "rest"  # only the REST transport speaks plain HTTP
+    aiplatform.init(**init_kwargs)
+
+    parent = _find_parent_model(request.model_name)
+    run_filter = f'labels.{RUN_LABEL}="{request.labels[RUN_LABEL]}"'
+    if parent is not None:
+        existing = aiplatform.models.ModelRegistry(parent).list_versions(filter=run_filter)
+        if existing:
+            model = aiplatform.Model(parent.resource_name, version=existing[0].version_id)
+            _import_evaluation_once(model, request)
+            return _vertex_result(model, created=False)
+
+    artifact_uri = gcs.to_gcs_uri(request.source)
+    if artifact_uri is None:
+        if not staging_uri:
+            raise UserError(
+                "staging_uri (a gs:// folder, e.g. under the pipeline root) is needed to upload local model files"
+            )
+        gcs.split_gcs_uri(staging_uri, "staging_uri")
+        artifact_uri = gcs.join_gcs_uri(staging_uri, "model")
+        gcs.upload_directory(request.source, artifact_uri, client=gcs.storage_client(project, credentials))
+
+    container = request.container
+    model = aiplatform.Model.upload(
+        display_name=request.model_name,
+        artifact_uri=artifact_uri,
+        serving_container_image_uri=request.serving_image,
+        serving_container_args=container["args"],
+        serving_container_environment_variables=container["env"],
+        serving_container_ports=container["ports"],
+        serving_container_predict_route=container["predict_route"],
+        serving_container_health_route=container["health_route"],
+        serving_container_shared_memory_size_mb=container["shared_memory_size_mb"],
+        serving_container_deployment_timeout=container["deployment_timeout_s"],
+        parent_model=parent.resource_name if parent is not None else None,
+        is_default_version=request.passed_gate,
+        version_aliases=[a for a in new_version_aliases(request.passed_gate, False) if a != DEFAULT_ALIAS],
+        version_description=f"pipeline run {request.pipeline_run}",
+        description=request.description,
+        labels=request.labels,
+    )
+    _import_evaluation_once(model, request)
+    return _vertex_result(model, created=True)
+
+
+def _find_parent_model(model_name: str) -> Any:
+    """The registered model with this display name (the oldest, if several), or None."""
+    from google.cloud import aiplatform
+
+    matches = aiplatform.Model.list(filter=f'display_name="{model_name}"', order_by="create_time")
+    return matches[0] if matches else None
+
+
+EVALUATION_DISPLAY_NAME = "medqa-test-comparison"
+
+
+def _import_evaluation_once(model: Any, request: _Registration) -> None:
+    """Attach comparison.json to the model version as a ModelEvaluation, unless a retry already did.
+
+    The high-level SDK has no import call; ModelService.ImportModelEvaluation is on the GAPIC client.
+    """
+    from google.cloud.aiplatform.compat.types import model_evaluation as gca_model_evaluation
+    from google.protobuf import json_format, struct_pb2
+
+    if any(evaluation.display_name == EVALUATION_DISPLAY_NAME for evaluation in model.list_model_evaluations()):
+        return
+    # Scalars only (accuracies, delta and its CI, p-value, gate, n); nested breakdowns stay in comparison.json.
+    metrics = {key: value for key, value in request.comparison.items() if isinstance(value, (int, float, bool))}
+    evaluation = gca_model_evaluation.ModelEvaluation(
+        display_name=EVALUATION_DISPLAY_NAME,
+        metrics_schema_uri=EVALUATION_METRICS_SCHEMA_URI,
+        metrics=json_format.ParseDict(metrics, struct_pb2.Value()),
+        metadata=json_format.ParseDict(
+            {"pipeline_job_id": request.pipeline_run, "evaluation_dataset_type": "medqa-test"}, struct_pb2.Value()
+        ),
+    )
+    model.api_client.import_model_evaluation(parent=model.versioned_resource_name, model_evaluation=evaluation)
+
+
+def _vertex_result(model: Any, created: bool) -> RegisteredModel:
+    return RegisteredModel(
+        resource_name=model.versioned_resource_name,
+        uri=model.uri or "",
+        version=str(model.version_id),
+        aliases=sorted(model.version_aliases),
+        created=created,
+        backend="vertex",
+        labels=dict(model.labels),
+    )
