@@ -1,0 +1,307 @@
+"""The register step's file registry (local runs), its CLI and its KFP wrapper function."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from components.common.errors import UserError
+from components.register.__main__ import main
+from components.register.core import (
+    DEFAULT_VLLM_IMAGE,
+    build_labels,
+    load_comparison,
+    register_model,
+    results_table,
+    sanitize_label,
+)
+
+COMPARISON = {
+    "model": "google/medgemma-4b-it",
+    "baseline_accuracy": 0.5,
+    "tuned_accuracy": 0.6,
+    "delta": 0.1,
+    "delta_ci_low": 0.02,
+    "delta_ci_high": 0.18,
+    "p_value": 0.004,
+    "passes_gate": True,
+    "margin": 0.0,
+    "alpha": 0.05,
+    "n": 200,
+}
+
+
+def make_adapter(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 8, "base_model_name_or_path": "google/medgemma-4b-it"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    (folder / "training_summary.json").write_text(json.dumps({"global_step": 10}))
+    return folder
+
+
+def make_comparison(folder: Path, **overrides) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "comparison.json"
+    path.write_text(json.dumps({**COMPARISON, **overrides}))
+    return path
+
+
+def register(tmp_path: Path, run: str, passes_gate: bool = True, **kwargs):
+    adapter = make_adapter(tmp_path / "train" / "adapter")
+    comparison = make_comparison(tmp_path / f"compare-{run}", passes_gate=passes_gate)
+    return register_model(
+        str(adapter),
+        str(comparison),
+        str(tmp_path / "registry"),
+        model_name="medgemma-medqa",
+        base_model="google/medgemma-4b-it",
+        recipe="medgemma-4b",
+        data_fingerprint="sha256-0123abcd",
+        pipeline_run=run,
+        **kwargs,
+    )
+
+
+def aliases(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "registry" / "medgemma-medqa" / "aliases.json").read_text())
+
+
+def test_first_version_gets_challenger_and_champion_and_default_when_gate_passed(tmp_path):
+    result = register(tmp_path, "run-1")
+    version_dir = tmp_path / "registry" / "medgemma-medqa" / "versions" / "1"
+    assert (result.version, result.created, result.backend) == ("1", True, "file")
+    assert result.resource_name == str(version_dir)
+    assert result.aliases == ["challenger", "champion", "default"]
+    assert aliases(tmp_path) == {"challenger": 1, "champion": 1, "default": 1}
+    assert sorted(p.name for p in (version_dir / "model").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "training_summary.json",
+    ]
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    assert manifest["labels"] == {
+        "pipeline_run": "run-1",
+        "base_model": "google-medgemma-4b-it",
+        "recipe": "medgemma-4b",
+        "data_fingerprint": "sha256-0123abcd",
+        "serving_mode": "adapter",
+        "passed_gate": "true",
+    }
+    assert manifest["serving_container"]["image_uri"] == DEFAULT_VLLM_IMAGE
+    assert "--enable-lora" in manifest["serving_container"]["args"]
+    assert json.loads((version_dir / "evaluation.json").read_text())["tuned_accuracy"] == 0.6
+    assert "| Tuned accuracy | 60.0% |" in (version_dir / "description.md").read_text()
+
+
+def test_champion_moves_only_when_the_gate_passed(tmp_path):
+    register(tmp_path, "run-1", passes_gate=True)
+    second = register(tmp_path, "run-2", passes_gate=False)
+    assert second.version == "2" and second.aliases == ["challenger"]
+    assert aliases(tmp_path) == {"challenger": 2, "champion": 1, "default": 1}
+    third = register(tmp_path, "run-3", passes_gate=True)
+    assert third.aliases == ["challenger", "champion", "default"]
+    assert aliases(tmp_path) == {"challenger": 3, "champion": 3, "default": 3}
+
+
+def test_first_version_is_default_even_when_the_gate_failed(tmp_path):
+    result = register(tmp_path, "run-1", passes_gate=False)
+    assert result.aliases == ["challenger", "default"]
+    assert "champion" not in aliases(tmp_path)
+
+
+def test_explicit_passed_gate_overrides_comparison(tmp_path):
+    register(tmp_path, "run-1")
+    result = register(tmp_path, "run-2", passes_gate=True, passed_gate=False)
+    assert result.aliases == ["challenger"]
+
+
+def test_retried_registration_returns_the_existing_version_and_creates_none(tmp_path):
+    first = register(tmp_path, "run-1")
+    retry = register(tmp_path, "run-1")
+    assert retry.created is False
+    assert (retry.version, retry.resource_name, retry.aliases) == (first.version, first.resource_name, first.aliases)
+    assert sorted(p.name for p in (tmp_path / "registry" / "medgemma-medqa" / "versions").iterdir()) == ["1"]
+
+
+def test_retry_finishes_aliases_an_interrupted_attempt_left_unset(tmp_path):
+    register(tmp_path, "run-1")
+    register(tmp_path, "run-2", passes_gate=True)
+    # Simulate a crash of run-2 after its version was written but before aliases moved.
+    (tmp_path / "registry" / "medgemma-medqa" / "aliases.json").write_text(
+        json.dumps({"challenger": 1, "champion": 1, "default": 1})
+    )
+    retry = register(tmp_path, "run-2", passes_gate=True)
+    assert retry.created is False and retry.aliases == ["challenger", "champion", "default"]
+    assert aliases(tmp_path) == {"challenger": 2, "champion": 2, "default": 2}
+
+
+def test_merged_mode_uses_merged_child_of_training_output(tmp_path):
+    train = tmp_path / "train"
+    make_adapter(train / "adapter")
+    (train / "merged").mkdir()
+    (train / "merged" / "config.json").write_text("{}")
+    (train / "merged" / "model.safetensors").write_bytes(b"\x01" * 8)
+    result = register_model(
+        str(train),
+        str(make_comparison(tmp_path / "compare")),
+        str(tmp_path / "registry"),
+        model_name="medgemma-medqa",
+        base_model="google/medgemma-4b-it",
+        recipe="medgemma-4b",
+        data_fingerprint="",
+        pipeline_run="run-merged",
+        serving_mode="merged",
+    )
+    model_files = sorted(p.name for p in Path(result.uri).iterdir())
+    assert model_files == ["config.json", "model.safetensors"]
+    manifest = json.loads((Path(result.resource_name) / "manifest.json").read_text())
+    assert "--model=$(AIP_STORAGE_URI)" in manifest["serving_container"]["args"]
+    assert "--enable-lora" not in manifest["serving_container"]["args"]
+    assert "data_fingerprint" not in manifest["labels"]  # empty values are left out, not blank labels
+
+
+def test_model_already_in_gcs_is_referenced_not_copied(tmp_path):
+    result = register_model(
+        "gs://bucket/root/train/adapter",
+        str(make_comparison(tmp_path / "compare")),
+        str(tmp_path / "registry"),
+        model_name="medgemma-medqa",
+        base_model="google/medgemma-4b-it",
+        recipe="medgemma-4b",
+        data_fingerprint="x",
+        pipeline_run="run-gcs",
+    )
+    assert result.uri == "gs://bucket/root/train/adapter"
+    assert not (Path(result.resource_name) / "model").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"serving_mode": "gguf"}, "unknown serving_mode 'gguf'; valid choices: adapter, merged"),
+        ({"model_name": "bad name!"}, "model_name must be"),
+        ({"pipeline_run": " "}, "pipeline_run must not be empty"),
+        ({"registry_uri": "vertex://projects/p"}, "registry_uri must look like vertex://projects/PROJECT/locations/REGION"),
+        ({"registry_uri": "gs://bucket/registry"}, "registry_uri: a gs:// registry is not supported"),
+    ],
+)
+def test_bad_parameters_are_named(tmp_path, change, message):
+    kwargs = {
+        "model_name": "medgemma-medqa",
+        "base_model": "google/medgemma-4b-it",
+        "recipe": "r",
+        "data_fingerprint": "",
+        "pipeline_run": "run-1",
+        "serving_mode": "adapter",
+    }
+    registry_uri = change.pop("registry_uri", str(tmp_path / "registry"))
+    kwargs.update(change)
+    adapter = make_adapter(tmp_path / "adapter")
+    with pytest.raises(UserError, match=re.escape(message)):
+        register_model(str(adapter), str(make_comparison(tmp_path)), registry_uri, **kwargs)
+
+
+def test_model_dir_without_adapter_files_is_rejected(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="model_dir: .* has no adapter_config.json"):
+        register_model(str(tmp_path / "empty"), str(make_comparison(tmp_path)), str(tmp_path / "reg"),
+                       model_name="m", base_model="b", recipe="r", data_fingerprint="", pipeline_run="x")
+
+
+def test_comparison_must_hold_the_gate_fields(tmp_path):
+    (tmp_path / "comparison.json").write_text(json.dumps({"tuned_accuracy": 0.5}))
+    with pytest.raises(UserError, match="lacks baseline_accuracy, delta, p_value, passes_gate"):
+        load_comparison(tmp_path)
+    with pytest.raises(UserError, match="comparison_path: .* not found"):
+        load_comparison(tmp_path / "missing")
+
+
+def test_register_accepts_the_compare_steps_real_output(tmp_path):
+    from components.common.jsonl import write_json, write_jsonl
+    from components.compare.core import compare_evaluations
+
+    for name, correct in (("base", [True, False, False, False]), ("tuned", [True, True, True, False])):
+        rows = [{"id": str(i), "gold": "A", "extracted": "A" if ok else "B", "correct": ok, "truncated": False,
+                 "tokens": 5} for i, ok in enumerate(correct)]
+        write_jsonl(tmp_path / name / "predictions.jsonl", rows)
+        write_json(tmp_path / name / "metrics.json", {"model": "m", "n": 4, "accuracy": sum(correct) / 4})
+    comparison = compare_evaluations(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "compare"))
+    result = register_model(str(make_adapter(tmp_path / "adapter")), str(tmp_path / "compare"),
+                            str(tmp_path / "registry"), model_name="m", base_model="b", recipe="r",
+                            data_fingerprint="", pipeline_run="run-1")
+    assert result.labels["passed_gate"] == str(comparison["passes_gate"]).lower()
+
+
+def test_labels_follow_vertex_rules_and_long_values_stay_distinct():
+    long_a = "medgemma-grpo-pipeline-" + "x" * 60 + "-a"
+    long_b = "medgemma-grpo-pipeline-" + "x" * 60 + "-b"
+    labels = build_labels(pipeline_run=long_a, base_model="Google/MedGemma-4B-IT", recipe="a b/c")
+    for key, value in labels.items():
+        assert re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) and re.fullmatch(r"[a-z0-9_-]{0,63}", value)
+    assert labels["base_model"] == "google-medgemma-4b-it" and labels["recipe"] == "a-b-c"
+    assert sanitize_label(long_a) != sanitize_label(long_b)
+    assert len(sanitize_label(long_a)) == 63
+
+
+def test_results_table_shows_the_comparison_numbers():
+    table = results_table(COMPARISON)
+    assert "| Baseline accuracy | 50.0% |" in table
+    assert "| Delta | 10.0% (95% CI 2.0% to 18.0%) |" in table
+    assert "| p-value (McNemar) | 0.004 |" in table
+    assert "| Gate passed | yes |" in table
+
+
+def test_cli_registers_and_prints_json(tmp_path, capsys):
+    adapter = make_adapter(tmp_path / "adapter")
+    comparison = make_comparison(tmp_path / "compare")
+    argv = [str(adapter), str(comparison), str(tmp_path / "registry"), "--model-name", "medgemma-medqa",
+            "--recipe", "medgemma-4b", "--pipeline-run", "cli-run", "--failed-gate"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["version"] == "1" and printed["labels"]["passed_gate"] == "false"
+
+
+def test_cli_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    argv = [str(tmp_path / "nope"), str(tmp_path / "c.json"), str(tmp_path / "reg"), "--model-name", "m",
+            "--recipe", "r", "--pipeline-run", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: comparison_path:") and "\n" not in err
+
+
+def test_kfp_wrapper_writes_the_registered_reference(tmp_path):
+    from kfp import dsl
+
+    from components.register.component import register_model as register_component
+
+    adapter = make_adapter(tmp_path / "adapter")
+    comparison_dir = tmp_path / "compare"
+    make_comparison(comparison_dir)
+    model = dsl.Model(uri=str(adapter))
+    model.path = str(adapter)
+    comparison = dsl.Artifact(uri=str(comparison_dir))
+    comparison.path = str(comparison_dir)
+    registered = dsl.Artifact(uri=str(tmp_path / "out" / "registered_model"))
+    registered.path = str(tmp_path / "out" / "registered_model")
+    (tmp_path / "out").mkdir()
+
+    returned = register_component(
+        model=model, comparison=comparison, registered_model=registered, registry_uri=str(tmp_path / "registry"),
+        model_name="medgemma-medqa", recipe="medgemma-4b", pipeline_run="kfp-run",
+    )
+    assert returned == str(tmp_path / "registry" / "medgemma-medqa" / "versions" / "1")
+    written = json.loads(Path(registered.path).read_text())
+    assert written["resource_name"] == returned
+    assert registered.metadata["aliases"] == ["challenger", "champion", "default"]
+
+
+def test_kfp_wrapper_compiles_as_a_lightweight_component(tmp_path):
+    from kfp import compiler, dsl
+
+    from components.register.component import register_model as register_component
+
+    component = dsl.component(register_component, base_image="python:3.11-slim", install_kfp_package=False)
+    compiler.Compiler().compile(component, str(tmp_path / "register.yaml"))
+    text = (tmp_path / "register.yaml").read_text()
+    assert "registered_model" in text and "from components.register.core import register_model" in text
