@@ -20,5 +20,8 @@ class FakeGcs:
         self._server.start()
         return self
 
+    def wipe(self, keep_buckets: bool = True) -> None:
+        self._server.wipe(keep_buckets=keep_buckets)
+
     def __exit__(self, *exc: object) -> None:
         self._server.stop()
