@@ -348,6 +348,10 @@ def prepare_medqa(
     if layout not in LAYOUTS:
         raise choices_error("layout", layout, LAYOUTS)
     output_dir = Path(output_dir)
+    if hf_token_secret:
+        from components.common.secrets import secret_version_name
+
+        secret_version_name(hf_token_secret, "hf_token_secret")  # refuses a token value passed by mistake
     hf_token = _lazy_hf_token(hf_token_secret)
     raw = load_source(source, hf_token=hf_token)
     layout = detect_layout(raw, layout)
@@ -501,3 +505,50 @@ def _stats(
         "answer_letters": {s: {letter: sum(1 for q in qs if q.answer == letter) for letter in letters} for s, qs in outputs.items()},
         "prompt_tokens": {s: _percentiles([q.prompt_tokens for q in qs]) for s, qs in outputs.items()} if checked and tokenizer is not None else None,
     }
+
+
+def render_summary(stats: dict[str, Any]) -> str:
+    """Markdown summary for the Vertex AI UI: counts only, no question text."""
+    lines = [
+        "# Data prep",
+        "",
+        f"Source `{stats['source']}` (layout {stats['layout']}, letters {''.join(stats['letters'])}), "
+        f"seed {stats['seed']}, validation size {stats['val_size']}, prompt budget {stats['max_prompt_tokens']} tokens"
+        + ("" if stats["token_budget_checked"] else " (**not checked**: no tokenizer)") + ".",
+        "",
+        "| split | input rows | rejected | reject rate | output rows |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    outputs = {"train": "train", "dev": "validation", "test": "test"}
+    for split, output in outputs.items():
+        lines.append(
+            f"| {split} → {output} | {stats['input_rows'][split]} | {stats['rejected']['by_split'][split]} "
+            f"| {stats['reject_rate'][split]:.2%} | {stats['output_rows'][output]} |"
+        )
+    lines += ["", f"Unused dev rows (beyond the validation size): {stats['dev_unused']}.", ""]
+    if stats["rejected"]["by_reason"]:
+        lines += ["| reject reason | rows |", "|---|---:|"]
+        lines += [f"| {reason} | {count} |" for reason, count in stats["rejected"]["by_reason"].items()]
+    else:
+        lines.append("No row rejected.")
+    if stats["prompt_tokens"]:
+        keys = ["min", *(f"p{p}" for p in TOKEN_PERCENTILES), "max", "mean"]
+        lines += ["", "| prompt tokens | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        for split, summary in stats["prompt_tokens"].items():
+            if summary:
+                lines.append(f"| {split} | " + " | ".join(str(summary[k]) for k in keys) + " |")
+    lines += ["", "| answer letter | " + " | ".join(stats["letters"]) + " |", "|---|" + "---:|" * len(stats["letters"])]
+    for split, counts in stats["answer_letters"].items():
+        lines.append(f"| {split} | " + " | ".join(str(counts[letter]) for letter in stats["letters"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def scalar_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """Flat numbers for a KFP Metrics artifact (the Vertex UI shows scalars only)."""
+    metrics: dict[str, float] = {f"rows_{split}": n for split, n in stats["output_rows"].items()}
+    metrics["rejected_total"] = stats["rejected"]["total"]
+    metrics["reject_rate"] = stats["reject_rate"]["overall"]
+    metrics.update({f"rejected_{reason}": n for reason, n in stats["rejected"]["by_reason"].items()})
+    if stats["prompt_tokens"] and stats["prompt_tokens"]["train"]:
+        metrics.update({f"train_prompt_tokens_{k}": v for k, v in stats["prompt_tokens"]["train"].items() if k in ("p50", "p95", "max")})
+    return metrics
