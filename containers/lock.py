@@ -33,7 +33,7 @@ BASE_EXCLUDED = frozenset({"torch", "trl", "peft", "accelerate"})
 GPU_EXTRA = "gpu"
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 _HEADER_INPUT = "# input: "
 _HEADER_TARGET = "# target: "
 
@@ -118,6 +118,8 @@ def compile_lock(image: str, uv: str) -> str:
         "--python-version", TARGET_PYTHON,
         "--python-platform", TARGET_PLATFORM,
         "--generate-hashes",
+        # pip's hash-checking mode needs `pkg[extra]==v` spelled out when a dependency asks for an extra.
+        "--no-strip-extras",
         "--no-header",
         "--quiet",
     ]
