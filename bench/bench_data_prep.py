@@ -37,7 +37,11 @@ def build_source(folder: Path) -> dict[str, int]:
     write_jsonl(folder / "test.jsonl", real[: SPLIT_SIZES["test"]])
     for split in ("train", "dev"):
         rows = [
-            dict(real[i % len(real)], question=f"{split} copy {i // len(real)}. {real[i % len(real)]['question']}", realidx=i)
+            dict(
+                real[i % len(real)],
+                question=f"{split} copy {i // len(real)}. {real[i % len(real)]['question']}",
+                realidx=i,
+            )
             for i in range(SPLIT_SIZES[split])
         ]
         write_jsonl(folder / f"{split}.jsonl", rows)
@@ -46,7 +50,9 @@ def build_source(folder: Path) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model id/path whose tokenizer counts prompt tokens (default: tiny Gemma 3 built here)")
+    parser.add_argument(
+        "--model", help="model id/path whose tokenizer counts prompt tokens (default: tiny Gemma 3 built here)"
+    )
     parser.add_argument("--max-prompt-tokens", type=int, default=512)
     parser.add_argument("--output", help="also write the JSON result here")
     args = parser.parse_args()
@@ -67,15 +73,32 @@ def main() -> None:
         from components.data_prep.core import prepare_medqa
 
         start = time.perf_counter()
-        stats = prepare_medqa(str(tmp / "source"), tmp / "out", tokenizer=model, max_prompt_tokens=budget, max_reject_rate=1.0)
+        stats = prepare_medqa(
+            str(tmp / "source"), tmp / "out", tokenizer=model, max_prompt_tokens=budget, max_reject_rate=1.0
+        )
         in_process_s = time.perf_counter() - start
 
         # The whole CLI, interpreter start and imports included: what a pipeline task pays.
         start = time.perf_counter()
         cli = subprocess.run(
-            [sys.executable, "-m", "components.data_prep", "--source", str(tmp / "source"), "--output-dir", str(tmp / "cli_out"),
-             "--model", model, "--max-prompt-tokens", str(budget), "--max-reject-rate", "1.0"],
-            cwd=REPO, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "components.data_prep",
+                "--source",
+                str(tmp / "source"),
+                "--output-dir",
+                str(tmp / "cli_out"),
+                "--model",
+                model,
+                "--max-prompt-tokens",
+                str(budget),
+                "--max-reject-rate",
+                "1.0",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
         cli_s = time.perf_counter() - start
         if cli.returncode != 0:

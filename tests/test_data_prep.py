@@ -24,7 +24,8 @@ def medqa_row(split: str, i: int, n_options: int = 4) -> dict:
     letters = "ABCDEFGH"[:n_options]
     options = {letter: f"Remedy {split}-{i}-{letter}" for letter in letters}
     answer = letters[i % n_options]
-    stem = f"Synthetic case {split} {i}: a {WORDS[i % len(WORDS)]} patient with finding {i * 7 + len(split)}. Which remedy?"
+    finding = f"a {WORDS[i % len(WORDS)]} patient with finding {i * 7 + len(split)}"
+    stem = f"Synthetic case {split} {i}: {finding}. Which remedy?"
     return {"question": stem, "options": options, "answer_idx": answer, "answer": options[answer], "meta_info": "step1"}
 
 
@@ -33,12 +34,20 @@ def to_hf(row: dict, split: str, i: int) -> dict:
     return {
         "id": f"{split}-{i}",
         "subject_name": row["meta_info"],
-        "data": {"Question": row["question"], "Options": row["options"], "Correct Answer": row["answer"], "Correct Option": row["answer_idx"]},
+        "data": {
+            "Question": row["question"],
+            "Options": row["options"],
+            "Correct Answer": row["answer"],
+            "Correct Option": row["answer_idx"],
+        },
     }
 
 
 def make_splits(n_train: int = 30, n_dev: int = 20, n_test: int = 10, n_options: int = 4) -> dict[str, list[dict]]:
-    return {split: [medqa_row(split, i, n_options) for i in range(n)] for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test))}
+    return {
+        split: [medqa_row(split, i, n_options) for i in range(n)]
+        for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test))
+    }
 
 
 def write_source(folder: Path, splits: dict[str, list[dict]], dev_name: str = "dev") -> Path:
@@ -87,7 +96,9 @@ def test_outputs_follow_the_row_contract_and_the_notebook_prompt(tmp_path):
     assert first["meta"] == {"source_split": "train", "source_row": 0, "meta_info": "step1"}
     assert stats["output_rows"] == {"train": 30, "validation": 5, "test": 10}
     assert stats["dev_unused"] == 15 and stats["rejected"]["total"] == 0
-    assert stats["answer_letters"]["train"] == {letter: sum(r["answer_idx"] == letter for r in splits["train"]) for letter in LETTERS}
+    assert stats["answer_letters"]["train"] == {
+        letter: sum(r["answer_idx"] == letter for r in splits["train"]) for letter in LETTERS
+    }
     assert stats["token_budget_checked"] is False and stats["prompt_tokens"] is None
 
 
@@ -166,7 +177,11 @@ def test_each_bad_row_is_quarantined_with_its_reason(tmp_path, reason, spoil):
     rejected = read_jsonl(out / "rejected.jsonl")
     assert [(r["split"], r["row"], r["id"], r["reason"]) for r in rejected] == [("train", 3, "train-3", reason)]
     assert rejected[0]["raw"] == json.loads(json.dumps(splits["train"][3]))  # nothing is lost
-    assert rejected[0]["detail"] and "Synthetic case" not in rejected[0]["detail"] and original_question not in json.dumps(rejected[0]["detail"])
+    assert (
+        rejected[0]["detail"]
+        and "Synthetic case" not in rejected[0]["detail"]
+        and original_question not in json.dumps(rejected[0]["detail"])
+    )
     assert stats["output_rows"]["train"] == 29 and stats["rejected"]["by_reason"] == {reason: 1}
     assert "train-3" not in {r["id"] for r in read_jsonl(out / "train.jsonl")}
 
@@ -191,7 +206,9 @@ def test_duplicate_ids_are_quarantined(tmp_path):
     splits["test"][4]["realidx"] = 1
     splits["test"][1]["realidx"] = 1
     _, out = prepare(tmp_path, splits, max_reject_rate=1.0)
-    assert [(r["row"], r["id"], r["reason"]) for r in read_jsonl(out / "rejected.jsonl")] == [(4, "test-1", "duplicate_id")]
+    assert [(r["row"], r["id"], r["reason"]) for r in read_jsonl(out / "rejected.jsonl")] == [
+        (4, "test-1", "duplicate_id")
+    ]
 
 
 def test_train_and_dev_questions_seen_in_test_or_validation_are_leakage(tmp_path):
@@ -202,7 +219,11 @@ def test_train_and_dev_questions_seen_in_test_or_validation_are_leakage(tmp_path
     splits["train"][6]["question"] = splits["dev"][4]["question"] + " "
     stats, out = prepare(tmp_path, splits, val_size=7, max_reject_rate=1.0)
     rejected = {(r["split"], r["row"]): r for r in read_jsonl(out / "rejected.jsonl")}
-    assert {key: r["reason"] for key, r in rejected.items()} == {("train", 5): "leakage", ("train", 6): "leakage", ("dev", 1): "leakage"}
+    assert {key: r["reason"] for key, r in rejected.items()} == {
+        ("train", 5): "leakage",
+        ("train", 6): "leakage",
+        ("dev", 1): "leakage",
+    }
     assert rejected[("train", 5)]["detail"] == "question also in test"
     assert rejected[("train", 6)]["detail"] == "question also in validation"
     validation_ids = {r["id"] for r in read_jsonl(out / "validation.jsonl")}
@@ -217,7 +238,9 @@ def test_reject_rate_above_the_limit_fails_after_writing_the_evidence(tmp_path):
     splits = make_splits(n_train=20)
     splits["train"][0]["answer_idx"] = "Z"
     splits["train"][1]["question"] = ""
-    with pytest.raises(UserError, match=r"split 'train': 2 of 20 rows rejected \(10\.0%\), above max_reject_rate 5\.0%"):
+    with pytest.raises(
+        UserError, match=r"split 'train': 2 of 20 rows rejected \(10\.0%\), above max_reject_rate 5\.0%"
+    ):
         prepare(tmp_path, splits, max_reject_rate=0.05)
     out = tmp_path / "out"
     assert len(read_jsonl(out / "rejected.jsonl")) == 2
@@ -237,11 +260,15 @@ def test_too_few_usable_dev_rows_for_val_size_is_an_error(tmp_path):
 
 def test_prompt_tokens_are_counted_as_trl_counts_them(tiny_processor):
     _, processor = tiny_processor
-    prompts = [[{"role": "user", "content": NOTEBOOK_PROMPT_TEMPLATE.replace("[QUESTION]", "x " * n)}] for n in (1, 50, 300)]
+    prompts = [
+        [{"role": "user", "content": NOTEBOOK_PROMPT_TEMPLATE.replace("[QUESTION]", "x " * n)}] for n in (1, 50, 300)
+    ]
     counted = count_prompt_tokens(prompts, processor)
-    # GRPOTrainer tokenizes prompts with processing_class.apply_chat_template(..., add_generation_prompt=True, tokenize=True)
+    # GRPOTrainer: processing_class.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True)
     for prompt, n_tokens in zip(prompts, counted, strict=True):
-        ids = processor.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"][0]
+        ids = processor.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ][0]
         assert n_tokens == len(ids)
     assert counted[0] < counted[1] < counted[2]
     assert count_prompt_tokens(prompts, processor.tokenizer) == counted  # a bare tokenizer counts the same
@@ -254,7 +281,10 @@ def test_prompts_over_the_budget_are_quarantined(tmp_path, tiny_processor):
     splits["test"][2]["question"] += " The history is long." * 120
     stats, out = prepare(tmp_path, splits, tokenizer=model_dir, max_prompt_tokens=512, max_reject_rate=0.2)
     rejected = read_jsonl(out / "rejected.jsonl")
-    assert [(r["split"], r["row"], r["reason"]) for r in rejected] == [("train", 7, "prompt_too_long"), ("test", 2, "prompt_too_long")]
+    assert [(r["split"], r["row"], r["reason"]) for r in rejected] == [
+        ("train", 7, "prompt_too_long"),
+        ("test", 2, "prompt_too_long"),
+    ]
     assert rejected[0]["detail"].endswith("prompt tokens > 512")
     assert stats["token_budget_checked"] is True and stats["tokenizer"] == model_dir
     longest = max(count_prompt_tokens([r["prompt"] for r in read_jsonl(out / "train.jsonl")], processor))
@@ -273,7 +303,9 @@ def test_hf_layout_gives_the_same_prompts_as_the_medqa_layout(tmp_path):
     assert (medqa_stats["layout"], hf_stats["layout"]) == ("medqa", "hf")
     for split in ("train", "validation", "test"):
         medqa_rows, hf_rows = read_jsonl(medqa_out / f"{split}.jsonl"), read_jsonl(hf_out / f"{split}.jsonl")
-        assert [(r["id"], r["prompt"], r["answer"], r["meta"]) for r in medqa_rows] == [(r["id"], r["prompt"], r["answer"], r["meta"]) for r in hf_rows]
+        assert [(r["id"], r["prompt"], r["answer"], r["meta"]) for r in medqa_rows] == [
+            (r["id"], r["prompt"], r["answer"], r["meta"]) for r in hf_rows
+        ]
 
 
 def test_hf_layout_bad_rows_are_quarantined_too(tmp_path):
@@ -284,14 +316,20 @@ def test_hf_layout_bad_rows_are_quarantined_too(tmp_path):
     hf_splits["train"][2]["data"] = None
     _, out = prepare(tmp_path, hf_splits, max_reject_rate=1.0)
     reasons = [(r["row"], r["id"], r["reason"]) for r in read_jsonl(out / "rejected.jsonl")]
-    assert reasons == [(0, "train-0", "answer_not_in_options"), (1, "train-1", "answer_text_mismatch"), (2, "train-2", "missing_question")]
+    assert reasons == [
+        (0, "train-0", "answer_not_in_options"),
+        (1, "train-1", "answer_text_mismatch"),
+        (2, "train-2", "missing_question"),
+    ]
 
 
 def test_unknown_layout_names_the_fields_found(tmp_path):
     splits = {split: [{"prompt": "q", "label": 1}] for split in ("train", "dev", "test")}
     with pytest.raises(UserError, match="unknown data layout: fields found: label, prompt"):
         prepare(tmp_path, splits)
-    with pytest.raises(UserError, match="layout 'hf' requested but no row has a 'data' object; fields found: answer, answer_idx"):
+    with pytest.raises(
+        UserError, match="layout 'hf' requested but no row has a 'data' object; fields found: answer, answer_idx"
+    ):
         prepare(tmp_path, make_splits(), layout="hf")
     with pytest.raises(UserError, match="unknown layout 'squad'; valid choices: auto, hf, medqa"):
         prepare(tmp_path, make_splits(), layout="squad")
@@ -315,7 +353,15 @@ def _write_as(folder: Path, splits: dict[str, list[dict]], suffix: str) -> None:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
                 for row in rows:
-                    writer.writerow([row["question"], *(row["options"][k] for k in LETTERS), row["answer_idx"], row["answer"], row["meta_info"]])
+                    writer.writerow(
+                        [
+                            row["question"],
+                            *(row["options"][k] for k in LETTERS),
+                            row["answer_idx"],
+                            row["answer"],
+                            row["meta_info"],
+                        ]
+                    )
 
 
 @pytest.mark.parametrize("suffix", [".json", ".parquet", ".csv"])
@@ -331,7 +377,10 @@ def test_every_file_format_gives_the_same_splits(tmp_path, suffix):
 def test_missing_or_ambiguous_split_files_are_named(tmp_path):
     write_jsonl(tmp_path / "src" / "train.jsonl", make_splits()["train"])
     write_jsonl(tmp_path / "src" / "test.jsonl", make_splits()["test"])
-    with pytest.raises(UserError, match=r"no file for split 'dev' \(one of dev.jsonl, .*validation.csv\); it holds: test.jsonl, train.jsonl"):
+    with pytest.raises(
+        UserError,
+        match=r"no file for split 'dev' \(one of dev.jsonl, .*validation.csv\); it holds: test.jsonl, train.jsonl",
+    ):
         prepare_medqa(str(tmp_path / "src"), tmp_path / "out", tokenizer=None)
     write_jsonl(tmp_path / "src" / "dev.jsonl", make_splits()["dev"])
     write_jsonl(tmp_path / "src" / "validation.jsonl", make_splits()["dev"])
@@ -360,13 +409,18 @@ def test_mixed_option_counts_in_parquet_follow_the_most_common(tmp_path):
     (tmp_path / "src").mkdir()
     for split, rows in splits.items():
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / "src" / f"{split}.parquet")  # 4-option rows get E: None
-    stats, out = prepare_medqa(str(tmp_path / "src"), tmp_path / "out", tokenizer=None, val_size=5, max_reject_rate=1.0), tmp_path / "out"
+    stats, out = (
+        prepare_medqa(str(tmp_path / "src"), tmp_path / "out", tokenizer=None, val_size=5, max_reject_rate=1.0),
+        tmp_path / "out",
+    )
     assert stats["letters"] == list(LETTERS)
     assert [(r["row"], r["reason"]) for r in read_jsonl(out / "rejected.jsonl")] == [(0, "bad_option_letters")]
     assert stats["output_rows"]["train"] == 29
     # Forcing five options: the padded E of every 4-option row is an empty option, so no dev row is left.
     with pytest.raises(UserError, match="val_size 5 exceeds the 0 usable dev rows"):
-        prepare_medqa(str(tmp_path / "src"), tmp_path / "out5", tokenizer=None, val_size=5, num_options=5, max_reject_rate=1.0)
+        prepare_medqa(
+            str(tmp_path / "src"), tmp_path / "out5", tokenizer=None, val_size=5, num_options=5, max_reject_rate=1.0
+        )
     rejected = read_jsonl(tmp_path / "out5" / "rejected.jsonl")
     assert len(rejected) == 59 and {r["reason"] for r in rejected} == {"missing_option"}
     # train.parquet has an E column (null for 4-option rows); dev and test files have none
@@ -381,7 +435,12 @@ def test_hugging_face_source_loads_train_dev_test_with_the_secret_token(tmp_path
     import datasets
 
     splits = make_splits()
-    hf = datasets.DatasetDict({split: datasets.Dataset.from_list([to_hf(r, split, i) for i, r in enumerate(rows)]) for split, rows in splits.items()})
+    hf = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_list([to_hf(r, split, i) for i, r in enumerate(rows)])
+            for split, rows in splits.items()
+        }
+    )
     calls = []
 
     def fake_load_dataset(path, **kwargs):
@@ -391,7 +450,9 @@ def test_hugging_face_source_loads_train_dev_test_with_the_secret_token(tmp_path
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr("components.common.secrets.read_secret", lambda name, **kw: f"token-from-{name}")
     secret = "projects/p/secrets/hf-token"
-    stats = prepare_medqa("openlifescienceai/medqa", tmp_path / "out", tokenizer=None, val_size=5, hf_token_secret=secret)
+    stats = prepare_medqa(
+        "openlifescienceai/medqa", tmp_path / "out", tokenizer=None, val_size=5, hf_token_secret=secret
+    )
     assert calls == [("openlifescienceai/medqa", {"token": f"token-from-{secret}"})]
     assert stats["layout"] == "hf" and stats["output_rows"] == {"train": 30, "validation": 5, "test": 10}
     assert "token-from" not in (tmp_path / "out" / "stats.json").read_text()
@@ -424,7 +485,9 @@ def test_gcs_source_is_downloaded_and_read(tmp_path, monkeypatch):
 
 
 def test_unreadable_sources_and_bad_parameters_are_clear_errors(tmp_path):
-    with pytest.raises(UserError, match="neither an existing local folder, a gs:// prefix nor a Hugging Face dataset id"):
+    with pytest.raises(
+        UserError, match="neither an existing local folder, a gs:// prefix nor a Hugging Face dataset id"
+    ):
         prepare_medqa(str(tmp_path / "absent"), tmp_path / "out", tokenizer=None)
     src = write_source(tmp_path / "src", make_splits())
     for kwargs, message in [
@@ -453,7 +516,10 @@ def test_cli_prepares_with_the_recipe_and_reports_errors_in_one_line(tmp_path, t
     out = tmp_path / "out"
     assert main(["--source", str(src), "--output-dir", str(out), "--recipe", "tiny-cpu", "--model", model_dir]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed == {"output_rows": {"train": 30, "validation": 40, "test": 10}, "rejected": {}}  # tiny-cpu: val_size 40
+    assert printed == {
+        "output_rows": {"train": 30, "validation": 40, "test": 10},
+        "rejected": {},
+    }  # tiny-cpu: val_size 40
     stats = json.loads((out / "stats.json").read_text())
     assert stats["token_budget_checked"] and stats["max_prompt_tokens"] == 512
     assert main(["--source", str(src), "--output-dir", str(out), "--model", model_dir, "--val-size", "60"]) == 2
@@ -486,14 +552,37 @@ def test_kfp_wrapper_writes_every_artifact(tmp_path, tiny_processor):
     splits = make_splits(n_dev=50)
     splits["train"][0]["answer_idx"] = "Z"
     src = write_source(tmp_path / "src", splits)
-    names = ("prepared_data", "train_data", "validation_data", "test_data", "rejected_rows", "prep_metrics", "prep_summary")
+    names = (
+        "prepared_data",
+        "train_data",
+        "validation_data",
+        "test_data",
+        "rejected_rows",
+        "prep_metrics",
+        "prep_summary",
+    )
     artifacts = {name: FakeArtifact(tmp_path / "artifacts" / name) for name in names}
     prepare_medqa_component(
-        **artifacts, source=str(src), recipe="tiny-cpu", tokenizer_model=FakeArtifact(Path(model_dir)), max_reject_rate=0.1
+        **artifacts,
+        source=str(src),
+        recipe="tiny-cpu",
+        tokenizer_model=FakeArtifact(Path(model_dir)),
+        max_reject_rate=0.1,
     )
     prepared = Path(artifacts["prepared_data"].path)
-    assert {p.name for p in prepared.iterdir()} == {"train.jsonl", "validation.jsonl", "test.jsonl", "rejected.jsonl", "stats.json"}
-    for name, split in (("train_data", "train"), ("validation_data", "validation"), ("test_data", "test"), ("rejected_rows", "rejected")):
+    assert {p.name for p in prepared.iterdir()} == {
+        "train.jsonl",
+        "validation.jsonl",
+        "test.jsonl",
+        "rejected.jsonl",
+        "stats.json",
+    }
+    for name, split in (
+        ("train_data", "train"),
+        ("validation_data", "validation"),
+        ("test_data", "test"),
+        ("rejected_rows", "rejected"),
+    ):
         assert Path(artifacts[name].path).read_bytes() == (prepared / f"{split}.jsonl").read_bytes()
     assert artifacts["train_data"].metadata == {"rows": 29, "format": "jsonl"}
     assert artifacts["rejected_rows"].metadata["rows"] == 1
@@ -512,10 +601,23 @@ def test_kfp_wrapper_compiles_with_its_outputs():
 
     component = dsl.component(prepare_medqa_component, base_image="python:3.11", install_kfp_package=False)
     spec = component.component_spec
-    assert {"prepared_data", "train_data", "validation_data", "test_data", "rejected_rows", "prep_metrics", "prep_summary"} == set(spec.outputs)
+    assert {
+        "prepared_data",
+        "train_data",
+        "validation_data",
+        "test_data",
+        "rejected_rows",
+        "prep_metrics",
+        "prep_summary",
+    } == set(spec.outputs)
     assert spec.inputs["tokenizer_model"].optional and spec.inputs["hf_token_secret"].default == ""
 
 
 def test_every_reject_reason_is_exercised():
-    exercised = {reason for reason, _ in BAD_ROWS} | {"duplicate_id", "duplicate_question", "leakage", "prompt_too_long"}
+    exercised = {reason for reason, _ in BAD_ROWS} | {
+        "duplicate_id",
+        "duplicate_question",
+        "leakage",
+        "prompt_too_long",
+    }
     assert exercised == set(REJECT_REASONS)

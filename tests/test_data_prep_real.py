@@ -14,7 +14,9 @@ from components.common.jsonl import read_jsonl, write_jsonl
 from components.data_prep.core import prepare_medqa
 
 MEDQA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "medqa"
-pytestmark = pytest.mark.skipif(not (MEDQA_DIR / "medqa_us4_test.jsonl").is_file(), reason=f"real MedQA questions not found in {MEDQA_DIR}")
+pytestmark = pytest.mark.skipif(
+    not (MEDQA_DIR / "medqa_us4_test.jsonl").is_file(), reason=f"real MedQA questions not found in {MEDQA_DIR}"
+)
 
 # The notebook's `big_prompt` and `process_medqa`, transcribed literally: the reference the step must match.
 NOTEBOOK_BIG_PROMPT = """Answer the given question. Think step by step.
@@ -43,15 +45,27 @@ def variant(rows: list[dict], tag: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def real():
-    return {name: read_jsonl(MEDQA_DIR / f"{name}.jsonl") for name in ("medqa_us4_test", "medqa_us4_test_hard", "medqa_hfstyle_test", "medqa_hfstyle_sample50")}
+    return {
+        name: read_jsonl(MEDQA_DIR / f"{name}.jsonl")
+        for name in ("medqa_us4_test", "medqa_us4_test_hard", "medqa_hfstyle_test", "medqa_hfstyle_sample50")
+    }
 
 
 def test_prompts_are_the_notebooks_character_for_character_in_both_layouts(tmp_path, real):
     hf_test = real["medqa_hfstyle_test"]
     us4_test = real["medqa_us4_test"]
     hf_dev = real["medqa_hfstyle_sample50"]
-    write_jsonl(tmp_path / "hf" / "train.jsonl", [dict(r, id=f"t{i}", data=dict(r["data"], Question=f"Variant {i}. " + r["data"]["Question"])) for i, r in enumerate(hf_test[:300])])
-    write_jsonl(tmp_path / "hf" / "dev.jsonl", [dict(r, data=dict(r["data"], Question="Dev copy. " + r["data"]["Question"])) for r in hf_dev])
+    write_jsonl(
+        tmp_path / "hf" / "train.jsonl",
+        [
+            dict(r, id=f"t{i}", data=dict(r["data"], Question=f"Variant {i}. " + r["data"]["Question"]))
+            for i, r in enumerate(hf_test[:300])
+        ],
+    )
+    write_jsonl(
+        tmp_path / "hf" / "dev.jsonl",
+        [dict(r, data=dict(r["data"], Question="Dev copy. " + r["data"]["Question"])) for r in hf_dev],
+    )
     write_jsonl(tmp_path / "hf" / "test.jsonl", hf_test)
     hf_stats = prepare_medqa(str(tmp_path / "hf"), tmp_path / "hf_out", tokenizer=None, val_size=50)
     assert hf_stats["layout"] == "hf" and hf_stats["rejected"]["total"] == 0
@@ -80,7 +94,9 @@ def test_train_copies_of_test_questions_are_caught_as_leakage(tmp_path, real):
     write_jsonl(tmp_path / "src" / "test.jsonl", real["medqa_us4_test"])
     stats = prepare_medqa(str(tmp_path / "src"), tmp_path / "out", tokenizer=None, val_size=20, max_reject_rate=0.15)
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
-    assert [(r["row"], r["reason"], r["detail"]) for r in rejected] == [(90 + i, "leakage", "question also in test") for i in range(10)]
+    assert [(r["row"], r["reason"], r["detail"]) for r in rejected] == [
+        (90 + i, "leakage", "question also in test") for i in range(10)
+    ]
     assert stats["output_rows"]["train"] == 90 and stats["output_rows"]["test"] == 1273
 
 
@@ -94,7 +110,14 @@ def test_real_prompt_token_percentiles_with_the_tiny_gemma_tokenizer(tmp_path, r
     write_jsonl(tmp_path / "src" / "test.jsonl", us4)
     # The tiny tokenizer (BPE trained on the synthetic demo corpus) splits real medical text finely, so its
     # counts run about 2x Gemma's; a 1024-token budget keeps most rows while still exercising the check.
-    stats = prepare_medqa(str(tmp_path / "src"), tmp_path / "out", tokenizer=str(tmp_path / "tiny"), val_size=20, max_prompt_tokens=1024, max_reject_rate=1.0)
+    stats = prepare_medqa(
+        str(tmp_path / "src"),
+        tmp_path / "out",
+        tokenizer=str(tmp_path / "tiny"),
+        val_size=20,
+        max_prompt_tokens=1024,
+        max_reject_rate=1.0,
+    )
     tokens = stats["prompt_tokens"]["test"]
     assert tokens["min"] <= tokens["p50"] <= tokens["p90"] <= tokens["p95"] <= tokens["p99"] <= tokens["max"] <= 1024
     too_long = [r for r in read_jsonl(tmp_path / "out" / "rejected.jsonl") if r["split"] == "test"]

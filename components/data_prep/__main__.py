@@ -22,17 +22,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m components.data_prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--source", default=DEFAULT_HF_DATASET, help=f"dataset id, folder or gs:// prefix (default: {DEFAULT_HF_DATASET})")
-    parser.add_argument("--output-dir", required=True, help="folder for train/validation/test.jsonl, rejected.jsonl, stats.json")
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name or YAML path (default: {DEFAULT_RECIPE})")
-    parser.add_argument("--model", help="model id or path whose tokenizer counts prompt tokens (default: the recipe's model)")
-    parser.add_argument("--val-size", type=int, help="validation rows taken from the shuffled dev split (default: recipe, 100)")
+    parser.add_argument(
+        "--source",
+        default=DEFAULT_HF_DATASET,
+        help=f"dataset id, folder or gs:// prefix (default: {DEFAULT_HF_DATASET})",
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="folder for train/validation/test.jsonl, rejected.jsonl, stats.json"
+    )
+    parser.add_argument(
+        "--recipe", default=DEFAULT_RECIPE, help=f"recipe name or YAML path (default: {DEFAULT_RECIPE})"
+    )
+    parser.add_argument(
+        "--model", help="model id or path whose tokenizer counts prompt tokens (default: the recipe's model)"
+    )
+    parser.add_argument(
+        "--val-size", type=int, help="validation rows taken from the shuffled dev split (default: recipe, 100)"
+    )
     parser.add_argument("--seed", type=int, help="seed of the dev shuffle (default: recipe, 42)")
     parser.add_argument("--max-prompt-tokens", type=int, help="prompt token budget (default: recipe, 512)")
-    parser.add_argument("--max-reject-rate", type=float, default=0.05, help="fail when a split rejects more than this fraction (default: 0.05)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="hf (data.Question ...) or medqa (question, options, answer_idx); default: detect")
-    parser.add_argument("--num-options", type=int, default=0, help="options per question; 0: the most common count in the data")
-    parser.add_argument("--hf-token-secret", help="Secret Manager resource name of the Hugging Face token (else HF_TOKEN)")
+    parser.add_argument(
+        "--max-reject-rate",
+        type=float,
+        default=0.05,
+        help="fail when a split rejects more than this fraction (default: 0.05)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="hf (data.Question ...) or medqa (question, options, answer_idx); default: detect",
+    )
+    parser.add_argument(
+        "--num-options", type=int, default=0, help="options per question; 0: the most common count in the data"
+    )
+    parser.add_argument(
+        "--hf-token-secret", help="Secret Manager resource name of the Hugging Face token (else HF_TOKEN)"
+    )
     return parser
 
 

@@ -53,12 +53,19 @@ def prepare_medqa_component(
         num_options=num_options,
         hf_token_secret=hf_token_secret or None,
     )
-    for artifact, name in ((train_data, "train"), (validation_data, "validation"), (test_data, "test"), (rejected_rows, "rejected")):
+    for artifact, name in (
+        (train_data, "train"),
+        (validation_data, "validation"),
+        (test_data, "test"),
+        (rejected_rows, "rejected"),
+    ):
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_dir / f"{name}.jsonl", artifact.path)
         count = stats["rejected"]["total"] if name == "rejected" else stats["output_rows"][name]
         artifact.metadata.update({"rows": count, "format": "jsonl"})
-    prepared_data.metadata.update({"rows": stats["output_rows"], "layout": stats["layout"], "letters": stats["letters"]})
+    prepared_data.metadata.update(
+        {"rows": stats["output_rows"], "layout": stats["layout"], "letters": stats["letters"]}
+    )
     for key, value in scalar_metrics(stats).items():
         prep_metrics.log_metric(key, value)
     Path(prep_summary.path).parent.mkdir(parents=True, exist_ok=True)

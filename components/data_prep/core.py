@@ -71,7 +71,14 @@ class Rejection:
     raw: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {"split": self.split, "row": self.row, "id": self.id, "reason": self.reason, "detail": self.detail, "raw": self.raw}
+        return {
+            "split": self.split,
+            "row": self.row,
+            "id": self.id,
+            "reason": self.reason,
+            "detail": self.detail,
+            "raw": self.raw,
+        }
 
 
 class _Rejected(Exception):
@@ -84,18 +91,24 @@ class _Rejected(Exception):
 
 
 def detect_layout(splits: RawSplits, layout: str = "auto") -> str:
-    """``hf`` (``data.Question`` ...) or ``medqa`` (``question``, ``options``, ``answer_idx``); errors name the fields."""
+    """``hf`` (``data.Question`` ...) or ``medqa`` (``question``, ``options``, ``answer_idx``).
+
+    Errors name the fields found, so a wrong source is recognisable from the message alone.
+    """
     if layout not in LAYOUTS:
         raise choices_error("layout", layout, LAYOUTS)
     sample = [row for split in SPLITS for row in splits[split][:50]]
-    fields = sorted({key for row in sample for key in row})
+    fields = ", ".join(sorted({key for row in sample for key in row})) or "none"
     looks_hf = any(isinstance(_as_mapping(row.get("data")), dict) for row in sample)
     looks_medqa = any("question" in row and "options" in row for row in sample)
-    expected = "expected the hf layout (data.Question, data.Options, data['Correct Option']) or the medqa layout (question, options, answer_idx)"
+    expected = (
+        "expected the hf layout (data.Question, data.Options, data['Correct Option']) "
+        "or the medqa layout (question, options, answer_idx)"
+    )
     if layout == "hf" and not looks_hf:
-        raise UserError(f"layout 'hf' requested but no row has a 'data' object; fields found: {', '.join(fields) or 'none'}")
+        raise UserError(f"layout 'hf' requested but no row has a 'data' object; fields found: {fields}")
     if layout == "medqa" and not looks_medqa:
-        raise UserError(f"layout 'medqa' requested but no row has 'question' and 'options'; fields found: {', '.join(fields) or 'none'}")
+        raise UserError(f"layout 'medqa' requested but no row has 'question' and 'options'; fields found: {fields}")
     if layout != "auto":
         return layout
     if looks_hf and not looks_medqa:
@@ -104,7 +117,7 @@ def detect_layout(splits: RawSplits, layout: str = "auto") -> str:
         return "medqa"
     if looks_hf and looks_medqa:
         raise UserError("rows look like both the hf and the medqa layout; pass layout 'hf' or 'medqa'")
-    raise UserError(f"unknown data layout: fields found: {', '.join(fields) or 'none'}; {expected}")
+    raise UserError(f"unknown data layout: fields found: {fields}; {expected}")
 
 
 def _as_mapping(value: Any) -> Any:
@@ -149,12 +162,12 @@ def _option_mapping(options: Any) -> dict[str, Any] | None:
         if all(isinstance(o, dict) and set(o) == {"key", "value"} for o in options):
             return {str(o["key"]): o["value"] for o in options}
         if len(options) <= len(string.ascii_uppercase):
-            return dict(zip(string.ascii_uppercase, options))
+            return dict(zip(string.ascii_uppercase, options, strict=False))
     return None
 
 
 def expected_letters(splits: RawSplits, layout: str, num_options: int = 0) -> list[str]:
-    """``A..`` up to ``num_options``; 0 means the most common option count in the data (4 for MedQA, 5 for its variant)."""
+    """``A..`` up to ``num_options``; 0: the most common option count in the data (4 for MedQA, 5 for its variant)."""
     if num_options:
         if not 2 <= num_options <= len(string.ascii_uppercase):
             raise UserError(f"num_options must be 0 (from the data) or between 2 and 26, got {num_options}")
@@ -212,7 +225,9 @@ def parse_row(split: str, index: int, row: dict[str, Any], layout: str, letters:
     options = {k: v for k, v in options.items() if k in letters or v is not None}
     unexpected = [k for k in options if k not in letters]
     if unexpected:
-        raise _Rejected("bad_option_letters", f"option keys {', '.join(sorted(options))}; expected {', '.join(letters)}")
+        raise _Rejected(
+            "bad_option_letters", f"option keys {', '.join(sorted(options))}; expected {', '.join(letters)}"
+        )
     absent = [letter for letter in letters if letter not in options]
     if absent:
         raise _Rejected("missing_option", f"option(s) {', '.join(absent)} absent")
@@ -302,7 +317,9 @@ def _percentiles(values: list[int]) -> dict[str, float] | None:
 # ---------------------------------------------------------------- the step
 
 
-def _check_parameters(val_size: int, seed: int, max_reject_rate: float, max_prompt_tokens: int, prompt_template: str) -> None:
+def _check_parameters(
+    val_size: int, seed: int, max_reject_rate: float, max_prompt_tokens: int, prompt_template: str
+) -> None:
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
         raise UserError(f"val_size must be a positive integer, got {val_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -323,6 +340,89 @@ def _output_row(q: Question) -> dict[str, Any]:
     return {"id": q.id, "prompt": q.prompt, "answer": q.answer, "letters": list(q.options), "meta": q.meta}
 
 
+class Quarantine:
+    """The rejected rows, each with its raw content: nothing leaves the step silently."""
+
+    def __init__(self, raw: RawSplits):
+        self.raw = raw
+        self.rejections: list[Rejection] = []
+
+    def add(self, split: str, index: int, question_id: str, reason: str, detail: str) -> None:
+        self.rejections.append(Rejection(split, index, question_id, reason, detail, _jsonable(self.raw[split][index])))
+
+    def keep(self, questions: list[Question], why_not: Callable[[Question], tuple[str, str] | None]) -> list[Question]:
+        """The questions ``why_not`` has nothing against; the others are quarantined with its (reason, detail)."""
+        kept = []
+        for q in questions:
+            verdict = why_not(q)
+            if verdict is None:
+                kept.append(q)
+            else:
+                self.add(q.split, q.row, q.id, *verdict)
+        return kept
+
+    def sorted(self) -> list[Rejection]:
+        return sorted(self.rejections, key=lambda r: (SPLITS.index(r.split), r.row))
+
+
+def check_split(
+    split: str, rows: list[dict[str, Any]], layout: str, letters: Sequence[str], quarantine: Quarantine
+) -> list[Question]:
+    """Row checks, then duplicates within the split (the first occurrence, in file order, is kept)."""
+    kept: list[Question] = []
+    seen_ids: dict[str, int] = {}
+    seen_stems: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        try:
+            q = parse_row(split, index, row, layout, letters)
+        except _Rejected as rejected:
+            quarantine.add(split, index, row_id(split, index, row, layout), rejected.reason, rejected.detail)
+            continue
+        if q.id in seen_ids:
+            quarantine.add(split, index, q.id, "duplicate_id", f"id also on {split} row {seen_ids[q.id]}")
+        elif q.stem in seen_stems:
+            quarantine.add(
+                split, index, q.id, "duplicate_question", f"same question as {split} row {seen_stems[q.stem]}"
+            )
+        else:
+            seen_ids[q.id], seen_stems[q.stem] = index, index
+            kept.append(q)
+    return kept
+
+
+def select_validation(
+    dev: list[Question], dev_rows: int, val_size: int, seed: int
+) -> tuple[list[Question], list[Question]]:
+    """The notebook's ``dev.shuffle(seed=seed).select(range(val_size))``, skipping rejected rows.
+
+    ``datasets`` shuffles with ``np.random.default_rng(seed).permutation(len(dev))``; the permutation is taken
+    over all ``dev_rows`` source rows so that clean data gives exactly the notebook's validation set.
+    Returns (validation, unused usable dev rows).
+    """
+    import numpy as np
+
+    by_row = {q.row: q for q in dev}
+    ordered = [by_row[int(i)] for i in np.random.default_rng(seed).permutation(dev_rows) if int(i) in by_row]
+    return ordered[:val_size], ordered[val_size:]
+
+
+def apply_token_budget(
+    usable: dict[str, list[Question]], processing_class: Any, max_prompt_tokens: int, quarantine: Quarantine
+) -> dict[str, list[Question]]:
+    """Count every prompt's tokens in one batch; quarantine those over the budget."""
+    everything = [q for split in SPLITS for q in usable[split]]
+    counts = count_prompt_tokens([q.prompt for q in everything], processing_class)
+    for q, n_tokens in zip(everything, counts, strict=True):
+        q.prompt_tokens = n_tokens
+
+    def over_budget(q: Question) -> tuple[str, str] | None:
+        if q.prompt_tokens > max_prompt_tokens:
+            return "prompt_too_long", f"{q.prompt_tokens} prompt tokens > {max_prompt_tokens}"
+        return None
+
+    return {split: quarantine.keep(usable[split], over_budget) for split in SPLITS}
+
+
 def prepare_medqa(
     source: str = DEFAULT_HF_DATASET,
     output_dir: str | Path = "prepared",
@@ -341,8 +441,9 @@ def prepare_medqa(
 
     ``tokenizer``: the base model id/path (its processor is loaded) or an already loaded processor/tokenizer;
     ``None`` skips the prompt-token budget (recorded in the stats). ``hf_token_secret``: a Secret Manager
-    resource name, read only when the Hugging Face Hub is reached (else ``HF_TOKEN``, else anonymous). Raises ``UserError`` when a split's reject rate exceeds ``max_reject_rate``,
-    after writing rejected.jsonl and stats.json so the cause can be inspected.
+    resource name, read only when the Hugging Face Hub is reached (else ``HF_TOKEN``, else anonymous).
+    Raises ``UserError`` when a split's reject rate exceeds ``max_reject_rate``, after writing rejected.jsonl
+    and stats.json so the cause can be inspected.
     """
     _check_parameters(val_size, seed, max_reject_rate, max_prompt_tokens, prompt_template)
     if layout not in LAYOUTS:
@@ -358,90 +459,63 @@ def prepare_medqa(
     letters = expected_letters(raw, layout, num_options)
     logger.info("source rows: %s; layout %s; letters %s", {s: len(raw[s]) for s in SPLITS}, layout, "".join(letters))
 
-    rejections: list[Rejection] = []
-    usable: dict[str, list[Question]] = {}
+    quarantine = Quarantine(raw)
+    usable = {split: check_split(split, raw[split], layout, letters, quarantine) for split in SPLITS}
 
-    def reject(split: str, index: int, question_id: str, reason: str, detail: str) -> None:
-        rejections.append(Rejection(split, index, question_id, reason, detail, _jsonable(raw[split][index])))
-
-    # Row checks and duplicates within a split (the first occurrence, in file order, is kept).
-    for split in SPLITS:
-        kept: list[Question] = []
-        seen_ids: dict[str, int] = {}
-        seen_stems: dict[str, int] = {}
-        for index, row in enumerate(raw[split]):
-            try:
-                q = parse_row(split, index, row, layout, letters)
-            except _Rejected as rejected:
-                reject(split, index, row_id(split, index, row, layout), rejected.reason, rejected.detail)
-                continue
-            if q.id in seen_ids:
-                reject(split, index, q.id, "duplicate_id", f"id also on {split} row {seen_ids[q.id]}")
-                continue
-            if q.stem in seen_stems:
-                reject(split, index, q.id, "duplicate_question", f"same question as {split} row {seen_stems[q.stem]}")
-                continue
-            seen_ids[q.id], seen_stems[q.stem] = index, index
-            kept.append(q)
-        usable[split] = kept
-
-    # Leakage against test: every test question stem, even of rejected test rows, is off limits.
-    test_stems = {normalize_stem(q) for q in (_fields(r, layout)["question"] for r in raw["test"]) if isinstance(q, str) and q.strip()}
+    # Every test stem is off limits, even that of a rejected test row.
+    test_questions = (_fields(row, layout)["question"] for row in raw["test"])
+    test_stems = {normalize_stem(q) for q in test_questions if isinstance(q, str) and q.strip()}
     for split in ("train", "dev"):
-        clean = []
-        for q in usable[split]:
-            if q.stem in test_stems:
-                reject(split, q.row, q.id, "leakage", "question also in test")
-            else:
-                clean.append(q)
-        usable[split] = clean
+        usable[split] = quarantine.keep(
+            usable[split], lambda q: ("leakage", "question also in test") if q.stem in test_stems else None
+        )
 
-    # Render prompts and apply the token budget in one batch over all splits.
     for split in SPLITS:
         for q in usable[split]:
             q.prompt = render_prompt(q.question, q.options, prompt_template)
     if tokenizer is not None:
         processing_class = load_prompt_tokenizer(tokenizer, hf_token) if isinstance(tokenizer, str) else tokenizer
-        everything = [q for split in SPLITS for q in usable[split]]
-        for q, n_tokens in zip(everything, count_prompt_tokens([q.prompt for q in everything], processing_class), strict=True):
-            q.prompt_tokens = n_tokens
-        for split in SPLITS:
-            fitting = []
-            for q in usable[split]:
-                if q.prompt_tokens > max_prompt_tokens:
-                    reject(split, q.row, q.id, "prompt_too_long", f"{q.prompt_tokens} prompt tokens > {max_prompt_tokens}")
-                else:
-                    fitting.append(q)
-            usable[split] = fitting
+        usable = apply_token_budget(usable, processing_class, max_prompt_tokens, quarantine)
     else:
         logger.warning("no tokenizer given: the %d-token prompt budget is NOT checked", max_prompt_tokens)
 
-    # Validation: the notebook's dev.shuffle(seed).select(range(val_size)), skipping rejected rows.
-    import numpy as np
-
-    permutation = np.random.default_rng(seed).permutation(len(raw["dev"]))
-    dev_by_row = {q.row: q for q in usable["dev"]}
-    dev_in_order = [dev_by_row[int(i)] for i in permutation if int(i) in dev_by_row]
-    validation, dev_unused = dev_in_order[:val_size], dev_in_order[val_size:]
-
-    # Leakage against validation: a train question seen in validation would inflate validation rewards.
+    validation, dev_unused = select_validation(usable["dev"], len(raw["dev"]), val_size, seed)
+    # A train question also in validation would inflate the validation reward.
     validation_stems = {q.stem for q in validation}
-    train = []
-    for q in usable["train"]:
-        if q.stem in validation_stems:
-            reject("train", q.row, q.id, "leakage", "question also in validation")
-        else:
-            train.append(q)
+    train = quarantine.keep(
+        usable["train"], lambda q: ("leakage", "question also in validation") if q.stem in validation_stems else None
+    )
     outputs = {"train": train, "validation": validation, "test": usable["test"]}
 
-    rejections.sort(key=lambda r: (SPLITS.index(r.split), r.row))
-    stats = _stats(source, layout, letters, raw, outputs, dev_unused, rejections, tokenizer, prompt_template,
-                   val_size=val_size, seed=seed, max_prompt_tokens=max_prompt_tokens, max_reject_rate=max_reject_rate)
+    rejections = quarantine.sorted()
+    stats = _stats(
+        source,
+        layout,
+        letters,
+        raw,
+        outputs,
+        dev_unused,
+        rejections,
+        tokenizer,
+        prompt_template,
+        val_size=val_size,
+        seed=seed,
+        max_prompt_tokens=max_prompt_tokens,
+        max_reject_rate=max_reject_rate,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(output_dir / "rejected.jsonl", (r.to_json() for r in rejections))
     write_json(output_dir / "stats.json", stats)
     logger.info("rejected %d row(s): %s", len(rejections), stats["rejected"]["by_reason"])
+    _fail_on_unusable_output(stats, raw, max_reject_rate, output_dir)
 
+    for split, questions in outputs.items():
+        write_jsonl(output_dir / f"{split}.jsonl", (_output_row(q) for q in questions))
+    logger.info("wrote %s", stats["output_rows"])
+    return stats
+
+
+def _fail_on_unusable_output(stats: dict[str, Any], raw: RawSplits, max_reject_rate: float, output_dir: Path) -> None:
     too_many = [s for s in SPLITS if stats["reject_rate"][s] > max_reject_rate]
     if too_many:
         split = too_many[0]
@@ -451,16 +525,13 @@ def prepare_medqa(
             f"({stats['reject_rate'][split]:.1%}), above max_reject_rate {max_reject_rate:.1%} ({by_reason}); "
             f"see {output_dir / 'rejected.jsonl'}"
         )
-    if len(validation) < val_size:
-        raise UserError(f"val_size {val_size} exceeds the {len(validation)} usable dev rows")
-    if not train or not usable["test"]:
-        empty = "train" if not train else "test"
-        raise UserError(f"split {empty!r} has no usable rows")
-
-    for split, questions in outputs.items():
-        write_jsonl(output_dir / f"{split}.jsonl", (_output_row(q) for q in questions))
-    logger.info("wrote %s", {split: len(questions) for split, questions in outputs.items()})
-    return stats
+    if stats["output_rows"]["validation"] < stats["val_size"]:
+        raise UserError(
+            f"val_size {stats['val_size']} exceeds the {stats['output_rows']['validation']} usable dev rows"
+        )
+    for split in ("train", "test"):
+        if not stats["output_rows"][split]:
+            raise UserError(f"split {split!r} has no usable rows")
 
 
 def _stats(
@@ -478,13 +549,14 @@ def _stats(
     by_split = Counter(r.split for r in rejections)
     by_split_reason = {s: dict(sorted(Counter(r.reason for r in rejections if r.split == s).items())) for s in SPLITS}
     total_in = sum(len(raw[s]) for s in SPLITS)
-    checked = all(q.prompt_tokens is not None for qs in outputs.values() for q in qs)
     return {
         "source": source,
         "layout": layout,
         "letters": letters,
         **parameters,
-        "tokenizer": (tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
+        "tokenizer": (
+            tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        )
         if tokenizer is not None
         else None,
         "token_budget_checked": tokenizer is not None,
@@ -502,8 +574,12 @@ def _stats(
             "overall": round(len(rejections) / total_in, 6) if total_in else 0.0,
             **{s: round(by_split.get(s, 0) / len(raw[s]), 6) if raw[s] else 0.0 for s in SPLITS},
         },
-        "answer_letters": {s: {letter: sum(1 for q in qs if q.answer == letter) for letter in letters} for s, qs in outputs.items()},
-        "prompt_tokens": {s: _percentiles([q.prompt_tokens for q in qs]) for s, qs in outputs.items()} if checked and tokenizer is not None else None,
+        "answer_letters": {
+            s: {letter: sum(1 for q in qs if q.answer == letter) for letter in letters} for s, qs in outputs.items()
+        },
+        "prompt_tokens": {s: _percentiles([q.prompt_tokens for q in qs]) for s, qs in outputs.items()}
+        if tokenizer is not None
+        else None,
     }
 
 
@@ -514,7 +590,8 @@ def render_summary(stats: dict[str, Any]) -> str:
         "",
         f"Source `{stats['source']}` (layout {stats['layout']}, letters {''.join(stats['letters'])}), "
         f"seed {stats['seed']}, validation size {stats['val_size']}, prompt budget {stats['max_prompt_tokens']} tokens"
-        + ("" if stats["token_budget_checked"] else " (**not checked**: no tokenizer)") + ".",
+        + ("" if stats["token_budget_checked"] else " (**not checked**: no tokenizer)")
+        + ".",
         "",
         "| split | input rows | rejected | reject rate | output rows |",
         "|---|---:|---:|---:|---:|",
@@ -550,5 +627,11 @@ def scalar_metrics(stats: dict[str, Any]) -> dict[str, float]:
     metrics["reject_rate"] = stats["reject_rate"]["overall"]
     metrics.update({f"rejected_{reason}": n for reason, n in stats["rejected"]["by_reason"].items()})
     if stats["prompt_tokens"] and stats["prompt_tokens"]["train"]:
-        metrics.update({f"train_prompt_tokens_{k}": v for k, v in stats["prompt_tokens"]["train"].items() if k in ("p50", "p95", "max")})
+        metrics.update(
+            {
+                f"train_prompt_tokens_{k}": v
+                for k, v in stats["prompt_tokens"]["train"].items()
+                if k in ("p50", "p95", "max")
+            }
+        )
     return metrics

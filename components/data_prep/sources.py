@@ -42,7 +42,9 @@ def load_source(source: str, *, hf_token: Callable[[], str | None] = lambda: Non
         return read_split_files(source)
     if _HF_ID.match(source):
         return load_hf_dataset(source, token=hf_token())
-    raise UserError(f"source {source!r} is neither an existing local folder, a gs:// prefix nor a Hugging Face dataset id")
+    raise UserError(
+        f"source {source!r} is neither an existing local folder, a gs:// prefix nor a Hugging Face dataset id"
+    )
 
 
 def load_hf_dataset(dataset_id: str, *, token: str | None = None) -> RawSplits:
@@ -96,7 +98,9 @@ def find_split_files(folder: str | Path, *, source_name: str | None = None) -> d
     for split, stems in SPLIT_FILE_STEMS.items():
         matches = [p for p in files if p.suffix.lower() in FILE_EXTENSIONS and p.stem.lower() in stems]
         if len(matches) > 1:
-            raise UserError(f"source {shown!r} has several files for split {split!r}: {', '.join(p.name for p in matches)}")
+            raise UserError(
+                f"source {shown!r} has several files for split {split!r}: {', '.join(p.name for p in matches)}"
+            )
         if not matches:
             wanted = ", ".join(f"{s}{e}" for s in stems for e in FILE_EXTENSIONS)
             present = ", ".join(p.name for p in files) or "nothing"
