@@ -428,6 +428,17 @@ def test_mixed_option_counts_in_parquet_follow_the_most_common(tmp_path):
     assert {r["detail"] for r in rejected if r["split"] != "train"} == {"option(s) E absent"}
 
 
+def test_the_bundled_demo_data_prepares_cleanly_with_the_tiny_tokenizer(tmp_path, tiny_processor):
+    import components.demo_data
+
+    model_dir, _ = tiny_processor
+    demo_dir = Path(components.demo_data.__file__).parent
+    stats = prepare_medqa(str(demo_dir), tmp_path / "out", tokenizer=model_dir, val_size=40)
+    assert stats["layout"] == "medqa" and stats["rejected"]["total"] == 0
+    assert stats["output_rows"] == {"train": 480, "validation": 40, "test": 240}
+    assert stats["prompt_tokens"]["test"]["max"] <= 512
+
+
 # ------------------------------------------------------------------ sources
 
 
