@@ -55,7 +55,7 @@ def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
     return 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * head_dim * dtype_bytes
 
 
-def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.85) -> int:
+def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.9) -> int:
     """Rows per batch from free device memory (static KV cache + sampling buffers per row); CPU: a fixed small batch."""
     import torch
 
@@ -65,9 +65,11 @@ def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: fl
     free, _ = torch.cuda.mem_get_info(device)
     text_config = model.config.get_text_config()
     dtype_bytes = next(model.parameters()).element_size()
-    # fp32 logits, their top-k/sort copies and the prefill activations of one row: ~6 x vocab x 4 bytes.
+    # Per row: the static cache, plus fp32 logits and their top-k/sort copies (~6 x vocab x 4 bytes).
     per_row = cache_len * kv_bytes_per_token(text_config, dtype_bytes) + 6 * text_config.vocab_size * 4
-    rows = int(free * memory_fraction) // per_row
+    # Prefill activations of one chunk (MLP intermediates dominate), whatever the batch size.
+    prefill = PREFILL_TOKENS * (3 * text_config.intermediate_size + 4 * text_config.hidden_size) * dtype_bytes
+    rows = (int(free * memory_fraction) - prefill) // per_row
     return max(1, min(rows, MAX_AUTO_BATCH, num_rows))
 
 
