@@ -8,8 +8,11 @@ from gcp_storage_emulator.server import create_server
 class FakeGcs:
     """``with FakeGcs() as gcs:``; set ``STORAGE_EMULATOR_HOST=gcs.endpoint`` so google-cloud-storage uses it."""
 
-    def __init__(self, default_bucket: str | None = None) -> None:
-        self._server = create_server("127.0.0.1", 0, in_memory=True, default_bucket=default_bucket)
+    def __init__(self, default_bucket: str | None = None, project_number: str = "123456789012") -> None:
+        self.project_number = project_number  # the owner the emulator reports for every bucket
+        self._server = create_server(
+            "127.0.0.1", 0, in_memory=True, default_bucket=default_bucket, project_number=project_number
+        )
 
     @property
     def endpoint(self) -> str:
