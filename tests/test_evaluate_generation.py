@@ -1,0 +1,91 @@
+"""The fast generation loop against transformers' own generate (greedy: token for token)."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from components.common.modeling import load_model, load_processor
+    from components.tiny_model import build_tiny_model
+
+    path = str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+    return load_model(path, dtype="float32", device="cpu"), load_processor(path).tokenizer
+
+
+def _prompts(tokenizer, texts):
+    out = []
+    for text in texts:
+        encoded = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        out.append(list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded))
+    return out
+
+
+TEXTS = [
+    "A 45-year-old man has chest pain radiating to the left arm for two hours. Which test first?",
+    "Fever and rash in a child.",
+    "hi",
+    "Which enzyme is deficient in a newborn with jaundice, anemia and dark urine after fava beans?",
+]
+
+
+def _reference(model, tokenizer, prompts, new_tokens):
+    enc = tokenizer.pad({"input_ids": prompts}, return_tensors="pt", padding_side="left")
+    out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=list(model.generation_config.eos_token_id))
+    return out[:, enc["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("sliding_window", [None, 12])
+def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window):
+    from components.evaluate.generation import SamplingSettings, generate_completions
+
+    model, tokenizer = tiny
+    text_config = model.config.get_text_config()
+    saved = (text_config.sliding_window, list(text_config.layer_types))
+    if sliding_window:  # a window shorter than prompt + completion: the sliding mask must drop old keys
+        text_config.sliding_window = sliding_window
+    try:
+        prompts = _prompts(tokenizer, TEXTS)
+        eos = list(model.generation_config.eos_token_id)
+        ours = generate_completions(model, prompts, settings=SamplingSettings(do_sample=False, max_new_tokens=24),
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, batch_size=3)
+        reference = _reference(model, tokenizer, prompts, 24)
+    finally:
+        text_config.sliding_window, text_config.layer_types = saved[0], saved[1]
+    for result, ref in zip(ours, reference):
+        assert result.token_ids == ref[: len(result.token_ids)]
+        if result.truncated:
+            assert len(result.token_ids) == 24
+        else:
+            assert result.token_ids[-1] in eos
+
+
+def test_sampling_respects_top_k_and_seed(tiny):
+    import torch
+
+    from components.evaluate.generation import SamplingSettings, _Sampler, generate_completions
+
+    model, tokenizer = tiny
+    logits = torch.randn(4, 50)
+    torch.manual_seed(0)
+    sampler = _Sampler(SamplingSettings(top_k=3, top_p=1.0, temperature=1.0), vocab_size=50)
+    allowed = logits.topk(3, dim=-1).indices
+    for _ in range(20):
+        picked = sampler(logits)
+        assert all(picked[i] in allowed[i] for i in range(4))
+    # top_p so small that only the most likely token survives: sampling becomes greedy.
+    nucleus = _Sampler(SamplingSettings(top_k=0, top_p=1e-6, temperature=0.7), vocab_size=50)
+    assert torch.equal(nucleus(logits), logits.argmax(-1))
+    prompts = _prompts(tokenizer, TEXTS)
+    settings = SamplingSettings(do_sample=True, max_new_tokens=8)
+    kwargs = dict(settings=settings, pad_token_id=0, eos_token_ids=[1, 6], batch_size=2)
+    first = generate_completions(model, prompts, seed=5, **kwargs)
+    assert [r.token_ids for r in first] == [r.token_ids for r in generate_completions(model, prompts, seed=5, **kwargs)]
+
+
+def test_pad_equal_to_eos_is_refused(tiny):
+    from components.evaluate.generation import SamplingSettings, generate_completions
+
+    model, _ = tiny
+    with pytest.raises(ValueError, match="pad token must differ from EOS"):
+        generate_completions(model, [[2, 5]], settings=SamplingSettings(), pad_token_id=1, eos_token_ids=[1])
