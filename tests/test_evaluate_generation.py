@@ -89,3 +89,11 @@ def test_pad_equal_to_eos_is_refused(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="pad token must differ from EOS"):
         generate_completions(model, [[2, 5]], settings=SamplingSettings(), pad_token_id=1, eos_token_ids=[1])
+
+
+def test_batches_are_even_and_longest_first():
+    from components.evaluate.generation import _even_batches
+
+    batches = _even_batches(list(range(1273)), 512)
+    assert [len(b) for b in batches] == [425, 424, 424]
+    assert sum(batches, []) == list(range(1273))
