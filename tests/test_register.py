@@ -291,7 +291,7 @@ def test_kfp_wrapper_writes_the_registered_reference(tmp_path):
         model_name="medgemma-medqa", recipe="medgemma-4b", pipeline_run="kfp-run",
     )
     assert returned == str(tmp_path / "registry" / "medgemma-medqa" / "versions" / "1")
-    written = json.loads(Path(registered.path).read_text())
+    written = json.loads((Path(registered.path) / "registration.json").read_text())
     assert written["resource_name"] == returned
     assert registered.metadata["aliases"] == ["challenger", "champion", "default"]
 

@@ -78,7 +78,7 @@ def register(vertex, tmp_path, model_dir, run, passes_gate=True, **overrides):
         data_fingerprint="sha256-feedbeef",
         pipeline_run=run,
         serving_mode="adapter",
-        staging_uri=f"gs://{BUCKET}/root/{run}/register-model/registered_model",
+        staging_uri=f"gs://{BUCKET}/root/{run}/register-model/registered_model/model",
         api_endpoint=vertex.endpoint,
         credentials=AnonymousCredentials(),
     )
@@ -239,3 +239,34 @@ def test_no_question_text_reaches_the_registry_or_the_logs(vertex, gcs, tmp_path
     assert "medgemma-medqa" in sent  # the bodies were recorded
     assert QUESTION_TEXT not in sent
     assert QUESTION_TEXT not in caplog.text
+
+
+def test_kfp_wrapper_stages_local_files_under_its_output_in_the_pipeline_root(vertex, gcs, tmp_path, model_dir,
+                                                                            monkeypatch):
+    import google.auth
+    from kfp import dsl
+
+    # The wrapper uses Application Default Credentials, as on Vertex; here they are anonymous.
+    monkeypatch.setattr(google.auth, "default", lambda *args, **kwargs: (AnonymousCredentials(), PROJECT))
+
+    from components.register.component import register_model as register_component
+
+    model = dsl.Model(uri=str(model_dir))
+    model.path = str(model_dir)
+    comparison_file = write_comparison(tmp_path / "compare", passes_gate=True)
+    comparison = dsl.Artifact(uri=str(comparison_file))
+    comparison.path = str(comparison_file)
+    output_uri = f"gs://{BUCKET}/root/run-kfp/register-model/registered_model"
+    registered = dsl.Artifact(uri=output_uri)
+    registered.custom_path = str(tmp_path / "gcs-mount" / "registered_model")  # stands in for the /gcs/ mount
+
+    returned = register_component(
+        model=model, comparison=comparison, registered_model=registered, registry_uri=REGISTRY,
+        model_name="medgemma-medqa", recipe="medgemma-4b-h100", pipeline_run="run-kfp", api_endpoint=vertex.endpoint,
+    )
+    [upload] = uploads(vertex)
+    assert upload["artifactUri"] == f"{output_uri}/model"
+    assert len(gcs_objects("root/run-kfp/register-model/registered_model/model/")) == 3
+    assert returned == f"projects/{PROJECT}/locations/{LOCATION}/models/1000@1"
+    assert registered.metadata["resource_name"] == returned
+    assert json.loads((Path(registered.path) / "registration.json").read_text())["version"] == "1"

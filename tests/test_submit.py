@@ -226,3 +226,29 @@ def test_token_never_appears_in_logs_yaml_or_submitted_parameters(vertex, templa
     }.items():
         assert TOKEN not in text, f"token leaked into {where}"  # ... and the token is nowhere else
     assert f"{SECRET}/versions/latest" in submitted  # the name (not the value) is what was sent
+
+
+def test_real_compiled_pipeline_submits_without_token_or_question_text(vertex, tmp_path, monkeypatch, caplog, capsys):
+    """The shipped template: compiled with a token in the environment, it holds neither the token nor any
+    question text, declares the secret-name parameter, and is submitted unchanged."""
+    compile_script = REPO_ROOT / "pipelines" / "compile.py"
+    if not compile_script.is_file():
+        pytest.skip("pipelines/compile.py not written yet (pipeline lead); the small template covers submit")
+    output = tmp_path / "medgemma_grpo_pipeline.yaml"
+    env = {**__import__("os").environ, "HF_TOKEN": TOKEN}
+    subprocess.run([sys.executable, str(compile_script), "--output", str(output), "--base-image", "base:test",
+                    "--trainer-image", "trainer:test"], check=True, env=env, cwd=REPO_ROOT, capture_output=True)
+    text = output.read_text()
+    questions = [json.loads(line)["question"] for line in
+                 (REPO_ROOT / "components" / "demo_data" / "test.jsonl").read_text().splitlines()[:20]]
+    assert TOKEN not in text
+    assert not [q for q in questions if q in text]
+    declared = submit_module.declared_parameters(yaml.safe_load(text))
+    assert submit_module.HF_TOKEN_SECRET_PARAMETER in declared
+
+    with caplog.at_level(logging.DEBUG):
+        run_submit(vertex, output, "--hf-token-secret", SECRET)
+    job = created_job(vertex).body
+    assert job["pipelineSpec"]["root"] == yaml.safe_load(text)["root"]
+    assert job["runtimeConfig"]["parameterValues"] == {"hf_token_secret": f"{SECRET}/versions/latest"}
+    assert TOKEN not in json.dumps(job) + caplog.text + capsys.readouterr().out

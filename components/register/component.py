@@ -27,12 +27,13 @@ def register_model(
     """
     import json
     import logging
+    import os
 
     from components.register.core import DEFAULT_VLLM_IMAGE
     from components.register.core import register_model as register
 
     logging.basicConfig(level=logging.INFO)
-    staging_uri = registered_model.uri if registered_model.uri.startswith("gs://") else None
+    staging_uri = registered_model.uri + "/model" if registered_model.uri.startswith("gs://") else None
     result = register(
         model.path,  # on Vertex a /gcs/ FUSE path, which the core maps back to gs:// (no second copy)
         comparison.path,
@@ -51,6 +52,8 @@ def register_model(
         {"resource_name": result.resource_name, "version": result.version, "aliases": result.aliases,
          "artifact_uri": result.uri, "backend": result.backend, "created": result.created}
     )
-    with open(registered_model.path, "w", encoding="utf-8") as handle:
+    # A folder: on Vertex the uploaded model files sit under it too (<uri>/model/), so one name is one thing.
+    os.makedirs(registered_model.path, exist_ok=True)
+    with open(os.path.join(registered_model.path, "registration.json"), "w", encoding="utf-8") as handle:
         json.dump(result.to_dict(), handle, indent=2)
     return result.resource_name

@@ -201,7 +201,7 @@ def register_model(
     """Register ``model_dir`` as a new version of ``model_name`` (or return the version this run made).
 
     ``passed_gate`` defaults to comparison.json's ``passes_gate``. ``staging_uri`` (gs://, e.g. under the
-    pipeline root) is where local model files are copied before a Vertex upload.
+    pipeline root) is the folder local model files are copied to before a Vertex upload.
     """
     if not model_name or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", model_name):
         raise UserError(
@@ -433,7 +433,7 @@ def _register_on_vertex(
                 "staging_uri (a gs:// folder, e.g. under the pipeline root) is needed to upload local model files"
             )
         gcs.split_gcs_uri(staging_uri, "staging_uri")
-        artifact_uri = gcs.join_gcs_uri(staging_uri, "model")
+        artifact_uri = staging_uri.rstrip("/")
         gcs.upload_directory(request.source, artifact_uri, client=gcs.storage_client(project, credentials))
 
     container = request.container
