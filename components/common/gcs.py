@@ -39,10 +39,6 @@ def to_gcs_uri(path_or_uri: str) -> str | None:
     return None
 
 
-def join_gcs_uri(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
-
-
 def storage_client(project: str | None = None, credentials: Any = None) -> Any:
     from google.cloud import storage
 
@@ -70,10 +66,3 @@ def upload_directory(local_dir: str | os.PathLike[str], destination_uri: str, cl
         raise UserError(f"model directory {str(local_dir)!r} is empty")
     return uploaded
 
-
-def list_gcs_files(uri: str, client: Any = None) -> list[str]:
-    """Object names (relative to ``uri``) under a ``gs://`` prefix."""
-    bucket_name, prefix = split_gcs_uri(uri)
-    client = client or storage_client()
-    listed = client.list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None)
-    return sorted(blob.name[len(prefix) + 1 :] if prefix else blob.name for blob in listed)

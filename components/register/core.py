@@ -321,8 +321,8 @@ def _register_in_folder(request: _Registration, registry: Path) -> RegisteredMod
             # An attempt that stopped between writing the version and moving aliases left it unaliased;
             # finish its job, unless a newer version exists (then moving aliases back would be wrong).
             if not _aliases_of(aliases, version) and version == versions[-1]:
-                aliases = _move_aliases(model_root, aliases, version, new_version_aliases(
-                    request.passed_gate, first_version=version == versions[0]))
+                wanted = new_version_aliases(request.passed_gate, first_version=version == versions[0])
+                aliases = _move_aliases(model_root, aliases, version, wanted)
             return _folder_result(model_root, version, manifest, aliases, created=False)
 
     (model_root / "versions").mkdir(parents=True, exist_ok=True)
