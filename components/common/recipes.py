@@ -156,8 +156,18 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         target = nested
         for part in parts[:-1]:
             target = target.setdefault(part, {})
-        target[parts[-1]] = yaml.safe_load(value)
+        target[parts[-1]] = _parse_value(value)
     return nested
+
+
+def _parse_value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string; users mean a number
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _build(name: str, raw: dict[str, Any]) -> Recipe:

@@ -1,0 +1,96 @@
+"""Loading the base model and its processor: the same calls for google/medgemma-4b-it and the tiny model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _looks_like_local(model_id: str) -> bool:
+    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).exists()
+
+
+def check_model_reference(model_id: str) -> None:
+    """Fail early, in one line, for a local path that is not a checkpoint folder."""
+    if _looks_like_local(model_id):
+        path = Path(model_id).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"model path {model_id!r} is not a checkpoint folder (no config.json)")
+
+
+def load_processor(model_id: str, *, token: str | None = None):
+    """``AutoProcessor`` (a ``Gemma3Processor``), with left padding and a real pad token for batched generation."""
+    from transformers import AutoProcessor
+
+    check_model_reference(model_id)
+    processor = AutoProcessor.from_pretrained(model_id, token=token)
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in _as_list(tokenizer.eos_token_id):
+        # Padding with EOS (the notebook's defect) makes padded rows look finished; Gemma has its own <pad>.
+        raise UserError(f"model {model_id!r}: tokenizer has no pad token distinct from EOS")
+    tokenizer.padding_side = "left"
+    return processor
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        from components.common.errors import choices_error
+
+        raise choices_error("dtype", name, DTYPES)
+    return getattr(torch, name)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    model_id: str,
+    *,
+    dtype: str = "bfloat16",
+    attn_implementation: str = "sdpa",
+    adapter: str | None = None,
+    merge_adapter: bool = True,
+    device: str | None = None,
+    token: str | None = None,
+):
+    """The base model as ``AutoModelForCausalLM`` gives it (``Gemma3ForConditionalGeneration``), on ``device``.
+
+    With ``adapter``, the PEFT LoRA adapter is applied and, by default, merged into the weights: generation
+    with merged weights runs as fast as the base model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    check_model_reference(model_id)
+    device = device or default_device()
+    if device == "cpu" and dtype == "bfloat16":
+        log.info("CPU run: loading in float32 instead of bfloat16")
+        dtype = "float32"
+    model = AutoModelForCausalLM.from_pretrained(
+        model_id, dtype=torch_dtype(dtype), attn_implementation=attn_implementation, token=token
+    ).to(device)
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UserError(f"adapter path {adapter!r} holds no adapter_config.json")
+        model = PeftModel.from_pretrained(model, adapter)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.eval()
+    return model
