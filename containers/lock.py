@@ -111,8 +111,13 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def compile_lock(image: str, uv: str) -> str:
-    """Resolve one image's lock with uv (needs the package index) and return the file's text."""
+    """Resolve one image's lock with uv (needs the package index) and return the file's text.
+
+    The base lock is resolved under the trainer lock's pins, so a package present in both images has one
+    version (the kfp that compiles the pipeline in CI is the kfp that runs it in either image).
+    """
     inputs = lock_inputs(image)
+    constraints = ["--constraint", str(lock_path("trainer").relative_to(REPO_ROOT))] if image == "base" else []
     command = [
         uv, "pip", "compile", "-",
         "--python-version", TARGET_PYTHON,
@@ -122,15 +127,17 @@ def compile_lock(image: str, uv: str) -> str:
         "--no-strip-extras",
         "--no-header",
         "--quiet",
+        *constraints,
     ]
-    result = subprocess.run(command, input="\n".join(inputs) + "\n", capture_output=True, text=True)
+    result = subprocess.run(command, input="\n".join(inputs) + "\n", capture_output=True, text=True,
+                            cwd=REPO_ROOT)
     if result.returncode != 0:
         raise LockError(f"uv could not resolve the {image} lock:\n{result.stderr.strip()}")
     return header(image, inputs) + result.stdout
 
 
 def write_locks(images: list[str], uv: str) -> None:
-    for image in images:
+    for image in sorted(images, key=IMAGES.index):  # trainer first: the base lock is resolved under it
         text = compile_lock(image, uv)
         path = lock_path(image)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,16 @@ def test_base_lock_has_no_torch_stack():
         assert name in pins
 
 
+def test_a_package_in_both_images_has_one_version():
+    """The base lock is resolved under the trainer's pins: e.g. the kfp that compiles the pipeline in CI (base
+    image) is the kfp both images run, so KFP's launcher finds it installed and needs no network."""
+    trainer, base = (lock.read_lock(lock.lock_path(image)) for image in ("trainer", "base"))
+    differing = {name: (trainer[name], version) for name, version in base.items()
+                 if name in trainer and trainer[name] != version}
+    assert differing == {}
+    assert set(base) <= set(trainer)
+
+
 def test_lock_cli_is_stdlib_only_and_prints_pins_and_constraints():
     # `python -S`: no site-packages, as in the Cloud Build test step before anything is installed.
     run = lambda *args: subprocess.run([sys.executable, "-S", str(CONTAINERS / "lock.py"), *args],
@@ -138,6 +148,7 @@ def test_lock_cli_is_stdlib_only_and_prints_pins_and_constraints():
     lines = constraints.stdout.split()
     assert f"vllm=={pins['vllm']}" in lines and not any(line.startswith("torch==") for line in lines)
     assert len(lines) == len(pins) - 1
+    assert all("[" not in line for line in lines), "pip refuses extras in a constraints file"
     missing = run("pin", "no-such-package")
     assert missing.returncode == 2
     assert missing.stderr.strip() == "error: 'no-such-package' is not in the trainer lock"
