@@ -314,3 +314,70 @@ def test_pipeline_images_names_a_foreign_and_an_unused_image(two_image_pipeline,
     assert pipeline_images.main([str(two_image_pipeline), "--expect", base, "--expect", trainer,
                                  "--expect", "other/img:1"]) == 2
     assert "no executor uses other/img:1" in capsys.readouterr().err
+
+
+# --- the base image's steps need nothing outside the base lock -------------------------------------------
+
+BASE_BLOCKED = sorted(lock.BASE_EXCLUDED | {"vllm", "triton", "torchvision", "deepspeed", "bitsandbytes"})
+
+
+def _run_as_base_image(tmp_path: Path, module: str, *args: str) -> dict[str, list[str]]:
+    """Run a step's CLI with the torch stack unimportable; return the distributions it imported."""
+    report = tmp_path / f"{module.rsplit('.', 1)[-1]}-imports.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests" / "base_image_probe.py"), str(report), ",".join(BASE_BLOCKED),
+         module, *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, f"{module} failed without the torch stack:\n{result.stderr[-3000:]}"
+    import json
+
+    return json.loads(report.read_text())
+
+
+def test_base_image_steps_run_without_torch_and_import_only_locked_packages(tmp_path):
+    """data prep (real demo rows, the tiny model's processor for token counts) -> compare -> register (file
+    registry), each as its CLI, with torch/TRL/PEFT/accelerate unimportable as in the base image; every
+    installed distribution they import must be in the base lock."""
+    import json
+
+    tiny = tmp_path / "tiny-model"
+    made = subprocess.run([sys.executable, "-m", "components.tiny_model", "--output-dir", str(tiny)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+
+    imported: dict[str, list[str]] = {}
+    prepared = tmp_path / "prepared"
+    imported |= _run_as_base_image(tmp_path, "components.data_prep", "--source", str(REPO_ROOT / "components" /
+                                   "demo_data"), "--output-dir", str(prepared), "--model", str(tiny),
+                                   "--recipe", "tiny-cpu")
+    test_ids = [json.loads(line)["id"] for line in (prepared / "test.jsonl").read_text().splitlines()]
+    assert test_ids
+
+    # Two evaluation outputs in the evaluate step's layout (the trainer image makes real ones).
+    for name, correct_every in (("baseline", 3), ("tuned", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"id": qid, "gold": "A", "extracted": "A" if i % correct_every == 0 else "B",
+                 "correct": i % correct_every == 0, "truncated": False, "tokens": 5, "completion": ""}
+                for i, qid in enumerate(test_ids)]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (folder / "metrics.json").write_text(json.dumps({"n": len(rows), "model": name}))
+    imported |= _run_as_base_image(tmp_path, "components.compare", "--baseline", str(tmp_path / "baseline"),
+                                   "--tuned", str(tmp_path / "tuned"), "--output-dir", str(tmp_path / "compare"),
+                                   "--margin", "0.0", "--alpha", "0.05")
+    assert (tmp_path / "compare" / "comparison.json").is_file()
+
+    imported |= _run_as_base_image(tmp_path, "components.register", str(tiny), str(tmp_path / "compare"),
+                                   str(tmp_path / "registry"), "--model-name", "medgemma-grpo",
+                                   "--recipe", "tiny-cpu", "--pipeline-run", "base-image-test",
+                                   "--serving-mode", "merged", "--passed-gate")
+    assert any((tmp_path / "registry").rglob("*")), "register wrote nothing to the file registry"
+
+    pins = lock.read_lock(lock.lock_path("base"))
+    ours = {canonicalize_name("medgemma-grpo")}
+    outside = {dist: modules for dist, modules in imported.items()
+               if canonicalize_name(dist) not in pins and canonicalize_name(dist) not in ours}
+    assert outside == {}, f"base-image steps import packages the base lock does not install: {outside}"
+    # The probe sees what the steps really import (data prep's tokenizer comes from transformers).
+    assert {"transformers", "jinja2", "pyyaml"} <= {canonicalize_name(dist) for dist in imported}
