@@ -105,7 +105,7 @@ def test_check_step_stops_a_misconfigured_build_early(tmp_path, overrides, messa
 def test_check_step_accepts_a_good_build_and_names_the_images(tmp_path):
     result = _run_step("check-substitutions", tmp_path, _SUBMIT_RUN="true", _PIPELINE_ROOT="gs://bucket/root")
     assert result.returncode == 0, result.stderr
-    image = f"us-central1-docker.pkg.dev/my-project/medgemma-grpo/medgemma-grpo-trainer:{COMMIT}"
+    image = f"us-central1-docker.pkg.dev/my-project/medgemma-grpo/trainer:{COMMIT}"
     assert image in result.stdout
 
 
