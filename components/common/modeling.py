@@ -59,6 +59,16 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_adapter_dir(path: str) -> str:
+    """The adapter folder: ``path`` itself, or its ``adapter/`` (the training step's Model artifact layout)."""
+    candidate = Path(path) / "adapter"
+    if not (Path(path) / "adapter_config.json").is_file() and (candidate / "adapter_config.json").is_file():
+        return str(candidate)
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise UserError(f"adapter path {path!r} holds no adapter_config.json (nor adapter/adapter_config.json)")
+    return path
+
+
 def load_model(
     model_id: str,
     *,
@@ -87,9 +97,7 @@ def load_model(
     if adapter:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise UserError(f"adapter path {adapter!r} holds no adapter_config.json")
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, resolve_adapter_dir(adapter))
         if merge_adapter:
             model = model.merge_and_unload()
     model.eval()

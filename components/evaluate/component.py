@@ -14,6 +14,7 @@ def evaluate_model_component(
     recipe: str = "medgemma-4b",
     overrides: list = [],  # noqa: B006 (KFP needs a literal default)
     limit: int = 0,
+    hf_token_secret: str = "",
 ):
     """Evaluate ``model_id`` (plus ``adapter`` when given) on the test split.
 
@@ -24,7 +25,10 @@ def evaluate_model_component(
     import json
     from pathlib import Path
 
+    from components.common.secrets import export_hf_token
     from components.evaluate.core import NO_ANSWER, evaluate_model
+
+    export_hf_token(hf_token_secret or None)  # read by from_pretrained and vLLM; never logged
 
     data_path = Path(test_data.path)
     if data_path.is_dir():

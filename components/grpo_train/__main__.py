@@ -1,0 +1,41 @@
+"""python -m components.grpo_train: GRPO + LoRA training of a base model on prepared MedQA rows."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from components.common.errors import cli_main
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m components.grpo_train", description=__doc__)
+    parser.add_argument("--recipe", required=True, help="recipe name (e.g. medgemma-4b, tiny-cpu) or YAML path")
+    parser.add_argument("--data-dir", required=True, help="data prep output (train.jsonl, validation.jsonl)")
+    parser.add_argument("--output-dir", required=True, help="adapter, checkpoints (resumed from), tensorboard")
+    parser.add_argument("--model", help="base model id or path (default: the recipe's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a recipe field, e.g. --set train.max_steps=20 (repeatable)")
+    parser.add_argument("--merge", action="store_true", help="also write merged bf16 weights for serving")
+    parser.add_argument("--hf-token-secret", default="",
+                        help="Secret Manager resource name of the Hugging Face token (else $HF_TOKEN)")
+    parser.add_argument("--completion-sample-size", type=int, default=0,
+                        help="write the first N completions to completions_sample.jsonl (off by default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from components.common.secrets import resolve_hf_token
+    from components.grpo_train.core import train_grpo
+
+    outcome = train_grpo(
+        args.recipe, args.data_dir, args.output_dir, model=args.model, overrides=args.overrides, merge=args.merge,
+        token=resolve_hf_token(args.hf_token_secret or None), completion_sample_size=args.completion_sample_size,
+        show_progress=not args.no_progress,
+    )
+    print(f"adapter: {outcome.adapter_dir} (step {outcome.global_step}, backend {outcome.backend})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

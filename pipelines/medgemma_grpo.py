@@ -1,0 +1,93 @@
+"""The ``medgemma-grpo`` pipeline: prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register.
+
+Images are bound when the pipeline is built (``build_pipeline``), from compile-time flags: nothing here
+reads the environment.
+"""
+
+
+# No `from __future__ import annotations` here: KFP reads the pipeline signature's real types.
+from dataclasses import dataclass
+
+from kfp import dsl
+
+from components.compare.component import compare_evaluations_component
+from components.data_prep.component import prepare_medqa_component
+from components.evaluate.component import evaluate_model_component
+from components.grpo_train.component import grpo_train_component
+from components.register.component import register_model
+
+PIPELINE_NAME = "medgemma-grpo"
+
+
+@dataclass(frozen=True)
+class Images:
+    """``base``: slim image (data prep, compare, register); ``trainer``: CUDA image (training, evaluation)."""
+
+    base: str
+    trainer: str
+
+
+DEFAULT_IMAGES = Images(
+    base="us-docker.pkg.dev/YOUR_PROJECT/medgemma-grpo/base:latest",
+    trainer="us-docker.pkg.dev/YOUR_PROJECT/medgemma-grpo/trainer:latest",
+)
+
+
+def build_pipeline(images: Images = DEFAULT_IMAGES):
+    """The pipeline function with each step bound to its image."""
+
+    def on(image: str, func):
+        # The images hold this package and kfp: nothing is pip-installed when a task starts.
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    prepare = on(images.base, prepare_medqa_component)
+    evaluate = on(images.trainer, evaluate_model_component)
+    train = on(images.trainer, grpo_train_component)
+    compare = on(images.base, compare_evaluations_component)
+    register = on(images.base, register_model)
+
+    def on_gpu(task, accelerator_type, accelerator_count, cpu_limit, memory_limit):
+        return (task.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
+                .set_cpu_limit(cpu_limit).set_memory_limit(memory_limit))
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="GRPO + LoRA tuning of MedGemma on MedQA, evaluated and gated.")
+    def medgemma_grpo(
+        base_model: str = "google/medgemma-4b-it",
+        data_source: str = "openlifescienceai/medqa",
+        recipe: str = "medgemma-4b",
+        recipe_overrides: list = [],  # noqa: B006 ("section.field=value" strings)
+        train_accelerator_type: str = "NVIDIA_TESLA_A100",
+        train_accelerator_count: int = 1,
+        eval_accelerator_type: str = "NVIDIA_TESLA_A100",
+        eval_accelerator_count: int = 1,
+        cpu_limit: str = "12",
+        memory_limit: str = "85G",
+        eval_limit: int = 0,
+        gate_margin: float = 0.0,
+        gate_alpha: float = 0.05,
+        registry_uri: str = "vertex://",
+        model_display_name: str = "medgemma-grpo",
+        serving_mode: str = "adapter",
+        hf_token_secret: str = "",
+    ):
+        data = prepare(source=data_source, recipe=recipe, model_id=base_model, hf_token_secret=hf_token_secret)
+        baseline = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model, recipe=recipe,
+                                   overrides=recipe_overrides, limit=eval_limit, hf_token_secret=hf_token_secret),
+                          eval_accelerator_type, eval_accelerator_count, cpu_limit, memory_limit).set_display_name("baseline-eval")
+        tuning = on_gpu(train(prepared_data=data.outputs["prepared_data"], recipe=recipe, model_id=base_model,
+                              overrides=recipe_overrides, serving_mode=serving_mode,
+                              hf_token_secret=hf_token_secret),
+                        train_accelerator_type, train_accelerator_count, cpu_limit, memory_limit).set_retry(5)
+        tuned = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model,
+                                adapter=tuning.outputs["tuned_model"], recipe=recipe, overrides=recipe_overrides,
+                                limit=eval_limit, hf_token_secret=hf_token_secret),
+                       eval_accelerator_type, eval_accelerator_count, cpu_limit, memory_limit).set_display_name("tuned-eval")
+        gate = compare(baseline_evaluation=baseline.outputs["evaluation"], tuned_evaluation=tuned.outputs["evaluation"],
+                       margin=gate_margin, alpha=gate_alpha)
+        with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not a Python test)
+            register(model=tuning.outputs["tuned_model"], comparison=gate.outputs["comparison"],
+                     registry_uri=registry_uri, model_name=model_display_name, recipe=recipe,
+                     base_model=base_model, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                     serving_mode=serving_mode)
+
+    return medgemma_grpo
