@@ -13,7 +13,7 @@ from kfp import dsl
 from components.compare.component import compare_evaluations_component
 from components.data_prep.component import prepare_medqa_component
 from components.evaluate.component import evaluate_model_component
-from components.grpo_train.component import grpo_train_component
+from components.grpo_train.component import grpo_train_component, grpo_train_multinode_component
 from components.register.component import register_model
 
 PIPELINE_NAME = "medgemma-grpo"
@@ -43,10 +43,14 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
     prepare = on(images.base, prepare_medqa_component)
     evaluate = on(images.trainer, evaluate_model_component)
     train = on(images.trainer, grpo_train_component)
+    train_on_nodes = on(images.base, grpo_train_multinode_component)  # submits a custom job; no GPU itself
     compare = on(images.base, compare_evaluations_component)
     register = on(images.base, register_model)
 
     def on_gpu(task, accelerator_type, accelerator_count, cpu_limit, memory_limit):
+        # KFP 2.17's set_*_limit do not record their pipeline parameters as task inputs, so inside a dsl.If
+        # the sub-DAG would not receive them: register them explicitly.
+        task.register_pipeline_channels([accelerator_type, accelerator_count, cpu_limit, memory_limit])
         return (task.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
                 .set_cpu_limit(cpu_limit).set_memory_limit(memory_limit))
 
@@ -58,6 +62,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
         recipe_overrides: list = [],  # noqa: B006 ("section.field=value" strings)
         train_accelerator_type: str = "NVIDIA_TESLA_A100",
         train_accelerator_count: int = 1,
+        train_nodes: int = 1,
+        train_machine_type: str = "",
         eval_accelerator_type: str = "NVIDIA_TESLA_A100",
         eval_accelerator_count: int = 1,
         cpu_limit: str = "12",
@@ -74,18 +80,27 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
         baseline = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model, recipe=recipe,
                                    overrides=recipe_overrides, limit=eval_limit, hf_token_secret=hf_token_secret),
                           eval_accelerator_type, eval_accelerator_count, cpu_limit, memory_limit).set_display_name("baseline-eval")
-        tuning = on_gpu(train(prepared_data=data.outputs["prepared_data"], recipe=recipe, model_id=base_model,
-                              overrides=recipe_overrides, serving_mode=serving_mode,
-                              hf_token_secret=hf_token_secret),
-                        train_accelerator_type, train_accelerator_count, cpu_limit, memory_limit).set_retry(5)
+        with dsl.If(train_nodes == 1, name="train-on-one-vm"):  # all its GPUs, data parallel when several
+            one_vm = on_gpu(train(prepared_data=data.outputs["prepared_data"], recipe=recipe, model_id=base_model,
+                                  overrides=recipe_overrides, serving_mode=serving_mode,
+                                  hf_token_secret=hf_token_secret),
+                            train_accelerator_type, train_accelerator_count, cpu_limit, memory_limit).set_retry(5)
+        with dsl.Else(name="train-on-several-vms"):  # a Vertex custom job with train_nodes replicas
+            several_vms = train_on_nodes(
+                prepared_data=data.outputs["prepared_data"], trainer_image=images.trainer, nodes=train_nodes,
+                accelerator_type=train_accelerator_type, accelerator_count=train_accelerator_count,
+                machine_type=train_machine_type, recipe=recipe, model_id=base_model, overrides=recipe_overrides,
+                serving_mode=serving_mode, hf_token_secret=hf_token_secret,
+                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_retry(5)
+        tuned_model = dsl.OneOf(one_vm.outputs["tuned_model"], several_vms.outputs["tuned_model"])
         tuned = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model,
-                                adapter=tuning.outputs["tuned_model"], recipe=recipe, overrides=recipe_overrides,
+                                adapter=tuned_model, recipe=recipe, overrides=recipe_overrides,
                                 limit=eval_limit, hf_token_secret=hf_token_secret),
                        eval_accelerator_type, eval_accelerator_count, cpu_limit, memory_limit).set_display_name("tuned-eval")
         gate = compare(baseline_evaluation=baseline.outputs["evaluation"], tuned_evaluation=tuned.outputs["evaluation"],
                        margin=gate_margin, alpha=gate_alpha)
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not a Python test)
-            register(model=tuning.outputs["tuned_model"], comparison=gate.outputs["comparison"],
+            register(model=tuned_model, comparison=gate.outputs["comparison"],
                      registry_uri=registry_uri, model_name=model_display_name, recipe=recipe,
                      base_model=base_model, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                      serving_mode=serving_mode)

@@ -33,8 +33,13 @@ def make_checkpoint_callbacks(checkpoint_dir: Path):
     class MarkCheckpointComplete(TrainerCallback):
         # Trainer calls on_save after the checkpoint folder (weights, optimizer, RNG, state) is written.
         def on_save(self, args, state, control, **kwargs):
+            from accelerate import PartialState
+
+            # Several processes: each writes its own RNG state, and no barrier precedes on_save; the marker
+            # comes after all of them, from the one process that saves (args.should_save).
+            PartialState().wait_for_everyone()
             path = checkpoint_dir / f"checkpoint-{state.global_step}"
-            if path.is_dir():
+            if args.should_save and path.is_dir():
                 (path / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
                 log.info("checkpoint %s complete", path.name)
 

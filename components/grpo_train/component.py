@@ -23,20 +23,58 @@ def grpo_train_component(
     """
     import logging
 
-    from components.common.secrets import resolve_hf_token
-    from components.grpo_train.core import train_grpo
+    from components.grpo_train.launch import record_outcome, train_on_this_machine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    outcome = train_grpo(
+    # Every GPU the task was given: torchrun with one process per GPU when there are several.
+    outcome = train_on_this_machine(
         recipe, prepared_data.path, tuned_model.path, model=model_id or None, overrides=list(overrides),
-        merge=serving_mode == "merged", token=resolve_hf_token(hf_token_secret or None),
-        completion_sample_size=completion_sample_size,
+        merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
     )
-    tuned_model.metadata.update({
-        "base_model": model_id, "recipe": recipe, "global_step": outcome.global_step, "backend": outcome.backend,
-        "final_reward": outcome.metrics.get("reward"), "adapter_dir": "adapter",
-        "merged_dir": "merged" if outcome.merged_dir else "",
-    })
-    for name, value in outcome.metrics.items():
-        training_metrics.log_metric(name, value)
-    training_metrics.log_metric("global_step", outcome.global_step)
+    record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
+
+
+def grpo_train_multinode_component(
+    prepared_data: Input[Dataset],
+    tuned_model: Output[Model],
+    training_metrics: Output[Metrics],
+    trainer_image: str,
+    nodes: int,
+    accelerator_type: str = "NVIDIA_H100_80GB",
+    accelerator_count: int = 8,
+    machine_type: str = "",
+    recipe: str = "medgemma-4b",
+    model_id: str = "google/medgemma-4b-it",
+    overrides: list = [],  # noqa: B006 (KFP needs a literal default)
+    serving_mode: str = "adapter",
+    hf_token_secret: str = "",
+    completion_sample_size: int = 0,
+    pipeline_run: str = "",
+    service_account: str = "",
+    project: str = "{{$.pipeline_google_cloud_project_id}}",
+    location: str = "{{$.pipeline_google_cloud_location}}",
+    api_endpoint: str = "",
+):
+    """GRPO + LoRA training as a Vertex AI custom job over ``nodes`` VMs of ``accelerator_count`` GPUs each;
+    same outputs as the one-VM step. This task (no GPU) submits the job, waits, and records the result.
+
+    The replicas run ``trainer_image`` and meet through Vertex's CLUSTER_SPEC; they read ``prepared_data`` and
+    write ``tuned_model`` through Cloud Storage FUSE, so a retried task's job resumes from the newest complete
+    checkpoint. ``machine_type``: empty picks the VM that carries that many GPUs of that type.
+    ``project``/``location``: Vertex fills in the pipeline's own.
+    """
+    import logging
+
+    from components.grpo_train.launch import record_outcome
+    from components.grpo_train.multinode import job_display_name, train_on_nodes
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    outcome = train_on_nodes(
+        recipe, prepared_data.path, tuned_model.path, nodes=nodes, image=trainer_image,
+        accelerator_type=accelerator_type, accelerator_count=accelerator_count, machine_type=machine_type,
+        project=project, location=location, model=model_id or None, overrides=list(overrides),
+        merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
+        display_name=job_display_name(pipeline_run), service_account=service_account or None,
+        api_endpoint=api_endpoint or None,
+    )
+    record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
