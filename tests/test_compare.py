@@ -7,6 +7,7 @@ from components.common.errors import UserError
 from components.common.jsonl import write_json, write_jsonl
 from components.compare.__main__ import main
 from components.compare.core import compare_evaluations
+from fakes.artifacts import FakeArtifact
 
 
 def _write_eval(folder: Path, correct_by_id: dict[str, bool], model: str = "google/medgemma-4b-it") -> Path:
@@ -79,14 +80,6 @@ def test_cli_writes_comparison_and_reports_bad_input_in_one_line(tmp_path, capsy
     assert main(["--baseline", str(base), "--tuned", str(tuned), "--output-dir", str(tmp_path / "o"), "--alpha", "0"]) == 2
 
 
-class FakeArtifact:
-    def __init__(self, path: Path):
-        self.path = str(path)
-        self.uri = str(path)
-        self.metadata: dict = {}
-
-    def log_metric(self, key, value):
-        self.metadata[key] = value
 
 
 def test_kfp_wrapper_returns_the_gate_and_writes_artifacts(tmp_path):

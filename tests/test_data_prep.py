@@ -14,6 +14,7 @@ from components.common.errors import UserError
 from components.common.jsonl import read_jsonl, write_jsonl
 from components.common.prompts import NOTEBOOK_PROMPT_TEMPLATE
 from components.data_prep.core import REJECT_REASONS, count_prompt_tokens, normalize_stem, prepare_medqa
+from fakes.artifacts import FakeArtifact
 
 LETTERS = "ABCD"
 WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor", "indigo", "juniper"]
@@ -546,14 +547,6 @@ def test_logs_hold_counts_not_question_text(tmp_path, caplog):
     assert caplog.text and "Synthetic case" not in caplog.text and "Remedy" not in caplog.text
 
 
-class FakeArtifact:
-    def __init__(self, path: Path):
-        self.path = str(path)
-        self.uri = str(path)
-        self.metadata: dict = {}
-
-    def log_metric(self, key, value):
-        self.metadata[key] = value
 
 
 def test_kfp_wrapper_writes_every_artifact(tmp_path, tiny_processor):

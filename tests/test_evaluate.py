@@ -9,6 +9,7 @@ from components.common.jsonl import read_jsonl, write_jsonl
 from components.common.prompts import render_prompt
 from components.evaluate.__main__ import main
 from components.evaluate.core import evaluate_model, load_questions, summarize
+from fakes.artifacts import FakeArtifact
 
 
 @pytest.fixture(scope="module")
@@ -134,17 +135,6 @@ def test_cli_runs_with_limit(tiny_model, test_file, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["n"] == 2
 
 
-class FakeArtifact:
-    def __init__(self, path: Path):
-        self.path = str(path)
-        self.uri = str(path)
-        self.metadata: dict = {}
-
-    def log_metric(self, key, value):
-        self.metadata[key] = value
-
-    def log_confusion_matrix(self, categories, matrix):
-        self.metadata["confusion"] = {"categories": categories, "matrix": matrix}
 
 
 def test_kfp_wrapper_writes_evaluation_folder_and_ui_artifacts(tiny_model, test_file, tmp_path):
