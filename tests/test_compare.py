@@ -80,8 +80,6 @@ def test_cli_writes_comparison_and_reports_bad_input_in_one_line(tmp_path, capsy
     assert main(["--baseline", str(base), "--tuned", str(tuned), "--output-dir", str(tmp_path / "o"), "--alpha", "0"]) == 2
 
 
-
-
 def test_kfp_wrapper_returns_the_gate_and_writes_artifacts(tmp_path):
     from components.compare.component import compare_evaluations_component
 

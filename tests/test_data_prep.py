@@ -547,8 +547,6 @@ def test_logs_hold_counts_not_question_text(tmp_path, caplog):
     assert caplog.text and "Synthetic case" not in caplog.text and "Remedy" not in caplog.text
 
 
-
-
 def test_kfp_wrapper_writes_every_artifact(tmp_path, tiny_processor):
     from components.data_prep.component import prepare_medqa_component
 

@@ -135,8 +135,6 @@ def test_cli_runs_with_limit(tiny_model, test_file, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["n"] == 2
 
 
-
-
 def test_kfp_wrapper_writes_evaluation_folder_and_ui_artifacts(tiny_model, test_file, tmp_path):
     from components.evaluate.component import evaluate_model_component
 
