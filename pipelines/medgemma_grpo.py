@@ -92,7 +92,10 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
                 machine_type=train_machine_type, recipe=recipe, model_id=base_model, overrides=recipe_overrides,
                 serving_mode=serving_mode, hf_token_secret=hf_token_secret,
                 pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_retry(5)
-        tuned_model = dsl.OneOf(one_vm.outputs["tuned_model"], several_vms.outputs["tuned_model"])
+        # Each branch returns its model's URI: kfp.local joins branches only on parameters (dsl.OneOf of
+        # artifacts fails there), so the one that ran is imported back as the Model the later steps read.
+        tuned_model = dsl.importer(artifact_uri=dsl.OneOf(one_vm.outputs["Output"], several_vms.outputs["Output"]),
+                                   artifact_class=dsl.Model).output
         tuned = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model,
                                 adapter=tuned_model, recipe=recipe, overrides=recipe_overrides,
                                 limit=eval_limit, hf_token_secret=hf_token_secret),

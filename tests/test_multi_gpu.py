@@ -23,17 +23,21 @@ from components.grpo_train.launch import (
 )
 
 
-def _global_batch(recipe, overrides: list[str], world_size: int) -> int:
-    train = load_recipe(recipe.name, overrides).train
+# 16 completions per device x 16 accumulation steps (stated here: the shipped recipes' numbers may change).
+BATCH_16X16 = ["train.per_device_train_batch_size=16", "train.gradient_accumulation_steps=16"]
+
+
+def _global_batch(overrides: list[str], world_size: int) -> int:
+    train = load_recipe("medgemma-4b", overrides).train
     return train["per_device_train_batch_size"] * train["gradient_accumulation_steps"] * world_size
 
 
 @pytest.mark.parametrize("world_size", [2, 4, 8])
 def test_accumulation_is_divided_so_the_global_batch_stays(world_size):
-    recipe = load_recipe("medgemma-4b-h100")  # 16 completions per device x 16 accumulation steps
+    recipe = load_recipe("medgemma-4b", BATCH_16X16)
     overrides = data_parallel_overrides(recipe, world_size)
     assert f"train.gradient_accumulation_steps={16 // world_size}" in overrides
-    assert _global_batch(recipe, overrides, world_size) == _global_batch(recipe, [], 1) == 256
+    assert _global_batch(BATCH_16X16 + overrides, world_size) == _global_batch(BATCH_16X16, 1) == 256
     # Vision-tower LoRA weights get no gradient from text prompts: DDP must tolerate them.
     assert "train.ddp_find_unused_parameters=true" in overrides
 
@@ -44,18 +48,18 @@ def test_one_process_changes_nothing():
 
 def test_indivisible_accumulation_names_the_parameter():
     with pytest.raises(UserError, match=r"gradient_accumulation_steps=16 is not divisible by the 3 training processes"):
-        data_parallel_overrides(load_recipe("medgemma-4b-h100"), 3)
+        data_parallel_overrides(load_recipe("medgemma-4b", BATCH_16X16), 3)
     with pytest.raises(UserError, match="gradient_accumulation_steps=1"):
         data_parallel_overrides(load_recipe("tiny-cpu"), 2)
 
 
 def test_explicit_generation_settings_are_split_or_checked():
-    recipe = load_recipe("medgemma-4b-h100", ["train.steps_per_generation=16"])
+    recipe = load_recipe("medgemma-4b", [*BATCH_16X16, "train.steps_per_generation=16"])
     assert "train.steps_per_generation=8" in data_parallel_overrides(recipe, 2)
-    odd = load_recipe("medgemma-4b-h100", ["train.generation_batch_size=48"])  # 48 % (16 x 2) != 0
+    odd = load_recipe("medgemma-4b", [*BATCH_16X16, "train.generation_batch_size=48"])  # 48 % (16 x 2) != 0
     with pytest.raises(UserError, match="generation_batch_size=48"):
         data_parallel_overrides(odd, 2)
-    chosen = load_recipe("medgemma-4b-h100", ["train.ddp_find_unused_parameters=false"])
+    chosen = load_recipe("medgemma-4b", [*BATCH_16X16, "train.ddp_find_unused_parameters=false"])
     assert not any("ddp_find_unused_parameters" in o for o in data_parallel_overrides(chosen, 2))
 
 

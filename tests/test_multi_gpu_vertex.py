@@ -59,8 +59,9 @@ def test_bad_cluster_spec_is_one_clear_error(spec, message):
 
 def test_replica_command_splits_accumulation_over_every_gpu_of_every_node():
     args = ["--recipe", "medgemma-4b", "--data-dir", "/gcs/b/data", "--output-dir", "/gcs/b/out", "--no-progress"]
+    args += ["--set", "train.gradient_accumulation_steps=64"]
     command = replica_command(args, cluster_spec("workerpool1", 0, workers=1), gpus=8)
-    # 2 nodes x 8 GPUs = 16 processes: the recipe's 64 accumulation steps become 4.
+    # 2 nodes x 8 GPUs = 16 processes: 64 accumulation steps become 4.
     assert command[-2:] == ["--set", "train.ddp_find_unused_parameters=true"]
     assert "train.gradient_accumulation_steps=4" in command
     for flag in ("--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=cmle-training-workerpool0-1-0",
@@ -128,9 +129,9 @@ class FakeVertexWithCustomJobs(FakeVertex):
 def test_launcher_submits_a_custom_job_with_two_worker_pools():
     with FakeVertexWithCustomJobs() as vertex:
         name = run_training_job(
-            "medgemma-4b-h100", "/gcs/bucket/run/prepare/prepared_data", "/gcs/bucket/run/train/tuned_model",
+            "medgemma-4b", "/gcs/bucket/run/prepare/prepared_data", "/gcs/bucket/run/train/tuned_model",
             nodes=4, image=TRAINER_IMAGE, accelerator_type="NVIDIA_H100_80GB", accelerator_count=4,
-            project=PROJECT, location=LOCATION, overrides=["train.max_steps=100"], merge=True,
+            project=PROJECT, location=LOCATION, overrides=["train.gradient_accumulation_steps=16"], merge=True,
             hf_token_secret="projects/p/secrets/hf-token", display_name="grpo-train-run-1",
             service_account="trainer@p.iam.gserviceaccount.com",
             api_endpoint=vertex.endpoint, credentials=AnonymousCredentials(),
@@ -153,8 +154,9 @@ def test_launcher_submits_a_custom_job_with_two_worker_pools():
         assert container["imageUri"] == TRAINER_IMAGE
         assert container["command"] == ["python", "-m", REPLICA_MODULE]
         assert container["args"] == [
-            "--recipe", "medgemma-4b-h100", "--data-dir", "/gcs/bucket/run/prepare/prepared_data",
-            "--output-dir", "/gcs/bucket/run/train/tuned_model", "--no-progress", "--set", "train.max_steps=100",
+            "--recipe", "medgemma-4b", "--data-dir", "/gcs/bucket/run/prepare/prepared_data",
+            "--output-dir", "/gcs/bucket/run/train/tuned_model", "--no-progress",
+            "--set", "train.gradient_accumulation_steps=16",
             "--merge", "--hf-token-secret", "projects/p/secrets/hf-token",
         ]
     assert "hf_" not in json.dumps(body).replace("hf-token", "")  # a secret's name travels, never a token
@@ -162,9 +164,9 @@ def test_launcher_submits_a_custom_job_with_two_worker_pools():
 
 def test_launcher_fails_before_reserving_gpus_when_the_batch_cannot_split():
     with pytest.raises(UserError, match=r"not divisible by the 24 training processes"):
-        run_training_job("medgemma-4b-h100", "gs://b/data", "gs://b/out", nodes=3, image=TRAINER_IMAGE,
+        run_training_job("medgemma-4b", "gs://b/data", "gs://b/out", nodes=3, image=TRAINER_IMAGE,
                          accelerator_type="NVIDIA_H100_80GB", accelerator_count=8, project=PROJECT,
-                         location=LOCATION)  # 16 accumulation steps over 3 x 8 GPUs
+                         location=LOCATION, overrides=["train.gradient_accumulation_steps=16"])  # over 3 x 8 GPUs
     with pytest.raises(UserError, match="train_nodes must be at least 2"):
         run_training_job("medgemma-4b", "gs://b/data", "gs://b/out", nodes=1, image=TRAINER_IMAGE,
                          accelerator_type="NVIDIA_H100_80GB", accelerator_count=8, project=PROJECT, location=LOCATION)
@@ -225,16 +227,22 @@ def test_one_vm_branch_trains_on_the_gpu_task_and_several_vms_branch_launches_fr
 
 
 def test_downstream_steps_take_the_tuned_model_of_whichever_branch_ran(compiled):
-    branches = compiled["components"]["comp-condition-branches-1"]["dag"]["outputs"]["artifacts"]
-    (oneof,) = branches.values()
-    assert [s["producerSubtask"] for s in oneof["artifactSelectors"]] == ["condition-2", "condition-3"]
+    """Each branch returns its model's URI; the one that ran is imported as the Model later steps read."""
+    oneof = compiled["components"]["comp-condition-branches-1"]["dag"]["outputs"]["parameters"]
+    ((oneof_key, selectors),) = oneof.items()
+    assert [s["producerSubtask"] for s in selectors["valueFromOneof"]["parameterSelectors"]] == [
+        "condition-2", "condition-3"]
     tasks = _sub_dag_tasks(compiled)
+    importer = tasks["importer"][1]
+    assert importer["inputs"]["parameters"]["uri"]["taskOutputParameter"] == {
+        "outputParameterKey": oneof_key, "producerTask": "condition-branches-1"}
+    assert compiled["deploymentSpec"]["executors"]["exec-importer"]["importer"]["typeSchema"]["schemaTitle"] == \
+        "system.Model"
+    from_importer = {"outputArtifactKey": "artifact", "producerTask": "importer"}
     tuned_eval = tasks["evaluate-model-component-2"][1]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"]
-    assert tuned_eval["producerTask"] == "condition-branches-1"
-    (oneof_key,) = branches  # the register step, inside the gate's dsl.If, reads the same artifact
+    assert tuned_eval == from_importer
     register = tasks["register-model"][1]["inputs"]["artifacts"]["model"]["componentInputArtifact"]
-    gate_input = tasks["condition-4"][1]["inputs"]["artifacts"][register]["taskOutputArtifact"]
-    assert gate_input == {"outputArtifactKey": oneof_key, "producerTask": "condition-branches-1"}
+    assert tasks["condition-4"][1]["inputs"]["artifacts"][register]["taskOutputArtifact"] == from_importer
 
 
 def test_every_sub_dag_input_a_task_reads_is_defined(compiled):
@@ -252,3 +260,18 @@ def test_every_sub_dag_input_a_task_reads_is_defined(compiled):
                 constant = value.get("runtimeValue", {}).get("constant")
                 for placeholder in re.findall(r"parameters\['([^']+)'\]", str(constant)):
                     assert placeholder in declared, f"{component_name}/{task_name} placeholder {placeholder}"
+
+
+def test_launcher_imports_without_the_torch_stack():
+    """The multi-node launcher runs on the base image, which has no torch, TRL, PEFT or accelerate."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('torch', 'transformers', 'trl', 'peft', 'accelerate', 'vllm', 'datasets'):\n"
+            "    sys.modules[name] = None\n"
+            "from components.grpo_train.multinode import train_on_nodes, machine_type_for\n"
+            "print(machine_type_for('NVIDIA_H100_80GB', 8))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "a3-highgpu-8g"

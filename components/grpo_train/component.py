@@ -13,8 +13,8 @@ def grpo_train_component(
     serving_mode: str = "adapter",
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
-):
-    """GRPO + LoRA training; ``tuned_model`` holds ``adapter/`` (and ``merged/`` bf16 weights when
+) -> str:
+    """GRPO + LoRA training; returns ``tuned_model``'s URI. ``tuned_model`` holds ``adapter/`` (and ``merged/`` bf16 weights when
     ``serving_mode`` is ``merged``, the form the register step then uploads).
 
     ``tuned_model`` is also where checkpoints live (on Vertex a /gcs/ path under the pipeline root), so a
@@ -32,6 +32,7 @@ def grpo_train_component(
         merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
     )
     record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
+    return tuned_model.uri
 
 
 def grpo_train_multinode_component(
@@ -54,9 +55,9 @@ def grpo_train_multinode_component(
     project: str = "{{$.pipeline_google_cloud_project_id}}",
     location: str = "{{$.pipeline_google_cloud_location}}",
     api_endpoint: str = "",
-):
+) -> str:
     """GRPO + LoRA training as a Vertex AI custom job over ``nodes`` VMs of ``accelerator_count`` GPUs each;
-    same outputs as the one-VM step. This task (no GPU) submits the job, waits, and records the result.
+    same outputs as the one-VM step (and returns ``tuned_model``'s URI). This task (no GPU) submits the job, waits, and records the result.
 
     The replicas run ``trainer_image`` and meet through Vertex's CLUSTER_SPEC; they read ``prepared_data`` and
     write ``tuned_model`` through Cloud Storage FUSE, so a retried task's job resumes from the newest complete
@@ -78,3 +79,4 @@ def grpo_train_multinode_component(
         api_endpoint=api_endpoint or None,
     )
     record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
+    return tuned_model.uri

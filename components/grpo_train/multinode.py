@@ -173,7 +173,7 @@ def run_training_job(
                                base_output_dir=f"{output_uri}/custom_job", staging_bucket=f"{GCS_SCHEME}{bucket}")
     job.submit(service_account=service_account or None)
     log.info("custom job %s: %d nodes x %d %s", job.resource_name, nodes, accelerator_count, accelerator_type)
-    # A cancelled pipeline task (SIGTERM) cancels its job: no GPUs left running for nobody.
+    # A stopped pipeline task (SIGTERM) cancels its job, so no VMs keep training for a run that is gone.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: job.cancel())
     try:
         job.wait_for_completion()
