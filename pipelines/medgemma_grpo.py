@@ -13,7 +13,7 @@ from kfp import dsl
 from components.compare.component import compare_evaluations_component
 from components.data_prep.component import prepare_medqa_component
 from components.evaluate.component import evaluate_model_component
-from components.grpo_train.component import grpo_train_component, grpo_train_multinode_component
+from components.grpo_train.component import grpo_train_component, grpo_train_multinode_component, tuned_model_from_uri
 from components.register.component import register_model
 
 PIPELINE_NAME = "medgemma-grpo"
@@ -44,6 +44,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
     evaluate = on(images.trainer, evaluate_model_component)
     train = on(images.trainer, grpo_train_component)
     train_on_nodes = on(images.base, grpo_train_multinode_component)  # submits a custom job; no GPU itself
+    join_branches = on(images.base, tuned_model_from_uri)
     compare = on(images.base, compare_evaluations_component)
     register = on(images.base, register_model)
 
@@ -92,10 +93,9 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
                 machine_type=train_machine_type, recipe=recipe, model_id=base_model, overrides=recipe_overrides,
                 serving_mode=serving_mode, hf_token_secret=hf_token_secret,
                 pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_retry(5)
-        # Each branch returns its model's URI: kfp.local joins branches only on parameters (dsl.OneOf of
-        # artifacts fails there), so the one that ran is imported back as the Model the later steps read.
-        tuned_model = dsl.importer(artifact_uri=dsl.OneOf(one_vm.outputs["Output"], several_vms.outputs["Output"]),
-                                   artifact_class=dsl.Model).output
+        # The branch that ran hands on its model by URI (kfp.local joins branches on parameters, not artifacts).
+        tuned_model = join_branches(model_uri=dsl.OneOf(one_vm.outputs["Output"],
+                                                        several_vms.outputs["Output"])).outputs["tuned_model"]
         tuned = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model,
                                 adapter=tuned_model, recipe=recipe, overrides=recipe_overrides,
                                 limit=eval_limit, hf_token_secret=hf_token_secret),

@@ -227,22 +227,21 @@ def test_one_vm_branch_trains_on_the_gpu_task_and_several_vms_branch_launches_fr
 
 
 def test_downstream_steps_take_the_tuned_model_of_whichever_branch_ran(compiled):
-    """Each branch returns its model's URI; the one that ran is imported as the Model later steps read."""
+    """Each branch returns its model's URI; the one that ran becomes the Model artifact later steps read."""
     oneof = compiled["components"]["comp-condition-branches-1"]["dag"]["outputs"]["parameters"]
     ((oneof_key, selectors),) = oneof.items()
     assert [s["producerSubtask"] for s in selectors["valueFromOneof"]["parameterSelectors"]] == [
         "condition-2", "condition-3"]
     tasks = _sub_dag_tasks(compiled)
-    importer = tasks["importer"][1]
-    assert importer["inputs"]["parameters"]["uri"]["taskOutputParameter"] == {
+    join = tasks["tuned-model-from-uri"][1]
+    assert join["inputs"]["parameters"]["model_uri"]["taskOutputParameter"] == {
         "outputParameterKey": oneof_key, "producerTask": "condition-branches-1"}
-    assert compiled["deploymentSpec"]["executors"]["exec-importer"]["importer"]["typeSchema"]["schemaTitle"] == \
-        "system.Model"
-    from_importer = {"outputArtifactKey": "artifact", "producerTask": "importer"}
+    assert compiled["deploymentSpec"]["executors"]["exec-tuned-model-from-uri"]["container"]["image"] == BASE_IMAGE
+    from_join = {"outputArtifactKey": "tuned_model", "producerTask": "tuned-model-from-uri"}
     tuned_eval = tasks["evaluate-model-component-2"][1]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"]
-    assert tuned_eval == from_importer
+    assert tuned_eval == from_join
     register = tasks["register-model"][1]["inputs"]["artifacts"]["model"]["componentInputArtifact"]
-    assert tasks["condition-4"][1]["inputs"]["artifacts"][register]["taskOutputArtifact"] == from_importer
+    assert tasks["condition-4"][1]["inputs"]["artifacts"][register]["taskOutputArtifact"] == from_join
 
 
 def test_every_sub_dag_input_a_task_reads_is_defined(compiled):

@@ -80,3 +80,12 @@ def grpo_train_multinode_component(
     )
     record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
     return tuned_model.uri
+
+
+def tuned_model_from_uri(model_uri: str, tuned_model: Output[Model]):
+    """The model a training branch wrote, as one ``Model`` artifact for the later steps: its URI, nothing copied.
+
+    The pipeline trains on one VM or on several (``dsl.If``/``dsl.Else``); each branch returns its model's URI
+    and this joins them (kfp.local joins branches on parameters only, not on artifacts).
+    """
+    tuned_model.uri = model_uri
