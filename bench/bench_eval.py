@@ -5,7 +5,7 @@ Builds a random-init Gemma-3-4B (MedGemma-4B's real shapes, Gemma3ForConditional
   - notebook: ``model.generate`` on batches of 64 in dataset order, sampling T=0.7, top-p 0.9 (plus the
     model's generation config, top-k 64, as the notebook gets it), 512 new tokens. A fixed number of its
     batches is timed and the full split extrapolated (the whole loop takes ~15 min);
-  - ours: ``components.evaluate.generation.generate_completions`` on all 1,273 prompts (length-sorted,
+  - ours: ``components.common.generation.generate_completions`` on all 1,273 prompts (length-sorted,
     batch size from free memory, static cache, CUDA-graph decode step), same decoding;
   - decode-step timings of ours at a few batch sizes, graph replay vs the same step run eagerly.
 Imports only torch, transformers and our generation module (no kfp/trl). Random weights rarely emit EOS,
@@ -141,7 +141,7 @@ def run_notebook_loop(model, prompts, *, batch_size: int, batches: int, new_toke
 
 
 def run_ours(model, prompts, *, new_tokens: int, batch_size: int) -> dict:
-    from components.evaluate.generation import SamplingSettings, generate_completions
+    from components.common.generation import SamplingSettings, generate_completions
 
     settings = SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, top_k=64, max_new_tokens=new_tokens)
     reset_peak()
@@ -168,7 +168,7 @@ def decode_step_timings(model, prompts, *, rows_list: list[int], new_tokens: int
     """Milliseconds per decode step of our generator: CUDA-graph replay vs the same step run eagerly."""
     import torch
 
-    from components.evaluate.generation import SamplingSettings, StaticBatchGenerator
+    from components.common.generation import SamplingSettings, StaticBatchGenerator
 
     settings = SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, top_k=64, max_new_tokens=new_tokens)
     rows_out = []

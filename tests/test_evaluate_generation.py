@@ -37,7 +37,7 @@ def _reference(model, tokenizer, prompts, new_tokens):
 
 @pytest.mark.parametrize("sliding_window", [None, 12])
 def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window):
-    from components.evaluate.generation import SamplingSettings, generate_completions
+    from components.common.generation import SamplingSettings, generate_completions
 
     model, tokenizer = tiny
     text_config = model.config.get_text_config()
@@ -63,7 +63,7 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
 def test_sampling_respects_top_k_and_seed(tiny):
     import torch
 
-    from components.evaluate.generation import SamplingSettings, _Sampler, generate_completions
+    from components.common.generation import SamplingSettings, _Sampler, generate_completions
 
     model, tokenizer = tiny
     logits = torch.randn(4, 50)
@@ -84,7 +84,7 @@ def test_sampling_respects_top_k_and_seed(tiny):
 
 
 def test_pad_equal_to_eos_is_refused(tiny):
-    from components.evaluate.generation import SamplingSettings, generate_completions
+    from components.common.generation import SamplingSettings, generate_completions
 
     model, _ = tiny
     with pytest.raises(ValueError, match="pad token must differ from EOS"):
@@ -92,7 +92,7 @@ def test_pad_equal_to_eos_is_refused(tiny):
 
 
 def test_batches_are_even_and_longest_first():
-    from components.evaluate.generation import _even_batches
+    from components.common.generation import _even_batches
 
     batches = _even_batches(list(range(1273)), 512)
     assert [len(b) for b in batches] == [425, 425, 423]  # one graph of 425 rows; the last batch is padded

@@ -1,5 +1,7 @@
 """Fast batched generation on the transformers model: static KV cache, one CUDA graph per decode step.
 
+Shared by the evaluate step and the training step's rollouts (GRPO completions).
+
 Why not ``model.generate``: on a 4B Gemma 3 each decode step launches ~1,000 small kernels, so the host
 (not the GPU) sets the pace (~95 ms a step at batch 64 and 256 alike); ``generate`` adds its own per-step
 Python. Here the whole decode step (34 layers, sampling, EOS bookkeeping, mask update) is captured once
@@ -42,6 +44,8 @@ class SamplingSettings:
     top_p: float = 0.9
     top_k: int = 0  # 0: no top-k
     max_new_tokens: int = 512
+    # Never sampled (TRL suppresses Gemma's image token in completions).
+    suppress_token_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -62,7 +66,11 @@ def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: fl
     device = next(model.parameters()).device
     if device.type != "cuda":
         return max(1, min(CPU_BATCH, num_rows))
-    free, _ = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
+    # A process capped by set_per_process_memory_fraction sees the card's free memory here, not its own limit.
+    cap = torch.cuda.get_per_process_memory_fraction(device) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
+    if cap < 1.0:
+        free = min(free, int(cap * total) - torch.cuda.memory_reserved(device))
     text_config = model.config.get_text_config()
     dtype_bytes = next(model.parameters()).element_size()
     # Per row: the static cache, plus fp32 logits and their top-k/sort copies (~6 x vocab x 4 bytes).
@@ -81,17 +89,28 @@ def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
 
 
 class _Sampler:
-    def __init__(self, settings: SamplingSettings, vocab_size: int):
+    def __init__(self, settings: SamplingSettings, vocab_size: int, device=None):
+        import torch
+
         self.settings = settings
         self.top_k = settings.top_k if 0 < settings.top_k < vocab_size else 0
+        # Built here, not in __call__: a host-to-device copy cannot run inside graph capture.
+        suppressed = [t for t in settings.suppress_token_ids if 0 <= t < vocab_size]  # as generate: unknown ids ignored
+        self.suppressed = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
 
     def __call__(self, logits):
         import torch
 
         s = self.settings
+        if self.suppressed is not None:
+            logits = logits.index_fill(-1, self.suppressed, float("-inf"))
         if not s.do_sample:
             return logits.argmax(dim=-1)
         logits = logits / s.temperature
+        if not self.top_k and s.top_p >= 1.0:
+            # Plain sampling (GRPO's default): no sort over the whole vocabulary.
+            probs = torch.softmax(logits, dim=-1)
+            return (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
         if self.top_k:
             values, indices = torch.topk(logits, self.top_k, dim=-1)
         else:
@@ -133,7 +152,7 @@ class StaticBatchGenerator:
         self.cache_len = max_prompt_len + settings.max_new_tokens
         self.pad_token_id = pad_token_id
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
-        self.sampler = _Sampler(settings, self.text_config.vocab_size)
+        self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
         window = getattr(self.text_config, "sliding_window", None)
         self.sliding_window = window if window and window < self.cache_len else None
         # One full-length static layer per decoder layer; sliding layers are handled by their mask.
@@ -282,14 +301,15 @@ def generate_completions(
     pad_token_id: int,
     eos_token_ids: Sequence[int],
     batch_size: int = 0,
-    seed: int = 0,
+    seed: int | None = 0,
     use_cuda_graph: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[GeneratedSequence]:
     """Generate for every prompt (token ids, unpadded); results in input order.
 
     Prompts are sorted by length (longest first, so the largest batch runs first and fails early if memory
-    is short) and split into equal batches; ``batch_size`` 0 picks it from free memory.
+    is short) and split into equal batches; ``batch_size`` 0 picks it from free memory. ``seed`` None leaves
+    the global RNG as it is (training: reseeding every step would repeat the random stream).
     """
     import torch
 
@@ -297,7 +317,8 @@ def generate_completions(
         return []
     if pad_token_id in set(eos_token_ids):
         raise ValueError("pad token must differ from EOS: padding with EOS marks rows as finished")
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     max_prompt_len = max(len(p) for p in prompts)
     cache_len = max_prompt_len + settings.max_new_tokens
     rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts))

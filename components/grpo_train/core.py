@@ -176,7 +176,52 @@ def _callbacks(checkpoint_dir: Path, tensorboard_dir: Path | None, max_steps: in
                 self.bar.close()
 
     callbacks.append(RewardProgress())
-    return callbacks, save_on_preemption
+    step_timer = _step_timer()
+    callbacks.append(step_timer)
+    return callbacks, save_on_preemption, step_timer
+
+
+def _step_timer():
+    """Wall time of each optimizer step of this attempt (generation, scoring, backward, optimizer), for the summary."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.last = None
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.last is None:  # the first step's clock starts at its first micro-batch
+                self.last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.seconds.append(round(now - self.last, 2))
+            self.last = now
+
+    return StepTimer()
+
+
+ROLLOUTS = ("auto", "static-graph", "trl")
+
+
+def _fast_rollout(config, backend: str, device: str, rollout: str):
+    """Our CUDA-graph generator for the completions (GPU without vLLM: "auto"), or None for TRL's own path.
+
+    On CPU "auto" keeps TRL's generate, so the local run stays as it was measured.
+    """
+    if rollout not in ROLLOUTS:
+        raise choices_error("rollout", rollout, ROLLOUTS)
+    if backend != "transformers" or rollout == "trl" or (rollout == "auto" and device != "cuda"):
+        return None
+    from components.grpo_train.rollout import StaticGraphRollout, unsupported_reason
+
+    reason = unsupported_reason(config)
+    if reason:
+        log.warning("completions through TRL's generate (slow): our generator does not support this recipe (%s)", reason)
+        return None
+    log.info("completions through the static-cache CUDA-graph generator (one pass per step)")
+    return StaticGraphRollout(config)
 
 
 def _summary_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
@@ -200,8 +245,13 @@ def train_grpo(
     token: str | None = None,
     completion_sample_size: int = 0,
     show_progress: bool = True,
+    rollout: str = "auto",
 ) -> TrainingOutcome:
-    """Train a LoRA adapter with GRPO; resume from the newest complete checkpoint in ``output_dir``."""
+    """Train a LoRA adapter with GRPO; resume from the newest complete checkpoint in ``output_dir``.
+
+    ``rollout``: how completions are generated without vLLM: "static-graph" (our CUDA-graph generator),
+    "trl" (TRL's ``generate``), "auto" (the first on a GPU, the second on CPU).
+    """
     import torch
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
@@ -234,9 +284,11 @@ def train_grpo(
     policy.train()
     lora = LoraConfig(task_type="CAUSAL_LM", r=spec.lora.r, lora_alpha=spec.lora.alpha,
                       lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules)
-    callbacks, preemption = _callbacks(checkpoint_dir, tensorboard_dir, config.max_steps, show_progress)
+    callbacks, preemption, step_timer = _callbacks(checkpoint_dir, tensorboard_dir, config.max_steps, show_progress)
+    rollout_func = _fast_rollout(config, backend, device, rollout)
     trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
-                          eval_dataset=eval_dataset, processing_class=processor, peft_config=lora, callbacks=callbacks)
+                          eval_dataset=eval_dataset, processing_class=processor, peft_config=lora, callbacks=callbacks,
+                          rollout_func=rollout_func)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; RewardProgress logs one line instead
 
     resume = latest_complete_checkpoint(checkpoint_dir)
@@ -257,6 +309,8 @@ def train_grpo(
         "base_model": model_id, "recipe": spec.name, "recipe_settings": spec.to_dict(),
         "global_step": outcome.global_step, "resumed_from": outcome.resumed_from, "backend": backend,
         "train_seconds_this_attempt": round(time.monotonic() - started, 1), "metrics": metrics,
+        "rollout": "static-graph" if rollout_func is not None else backend, "step_seconds": step_timer.seconds,
+        "rollout_seconds": [round(t, 2) for t in rollout_func.seconds] if rollout_func is not None else None,
     })
     log.info("adapter written to %s after %d steps (final reward %s)", adapter_dir, outcome.global_step, metrics.get("reward"))
     return outcome

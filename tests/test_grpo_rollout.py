@@ -1,0 +1,57 @@
+"""The training step's fast rollout on CPU: merged LoRA weights compute what the adapters compute, and
+train_grpo runs end to end through it (the CUDA graph itself only runs on a GPU: bench/bench_grpo_step.py)."""
+
+from __future__ import annotations
+
+import json
+
+
+def _peft_tiny(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change the output
+            param.data.normal_(0, 0.05)
+    return peft_model.eval()
+
+
+def test_merged_lora_weights_match_the_adapters_and_are_put_back(tiny_model_dir):
+    import torch
+
+    from components.grpo_train.rollout import merged_lora_weights
+
+    peft_model = _peft_tiny(tiny_model_dir)
+    base = peft_model.get_base_model()
+    ids = torch.randint(10, 500, (2, 12))
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+    with torch.no_grad():
+        with_adapters = base(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            without = base(input_ids=ids).logits
+        with merged_lora_weights(peft_model) as merged:
+            assert merged
+            with_merged = base(input_ids=ids).logits
+    assert (with_adapters - without).abs().max() > 1e-3, "the adapter changes the output"
+    torch.testing.assert_close(with_merged, with_adapters, rtol=1e-4, atol=1e-4)
+    after = dict(peft_model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before), "trained and base weights untouched"
+    with torch.no_grad():
+        torch.testing.assert_close(base(input_ids=ids).logits, with_adapters)
+
+
+def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_demo_dir, tmp_path):
+    from components.grpo_train.core import train_grpo
+
+    out = tmp_path / "train"
+    outcome = train_grpo("tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, show_progress=False, rollout="static-graph",
+                         overrides=["train.per_device_train_batch_size=8", "train.max_completion_length=8",
+                                    "train.max_steps=2", "train.save_strategy='no'"])
+    summary = json.loads((out / "adapter" / "training_summary.json").read_text())
+    assert outcome.global_step == 2 and summary["rollout"] == "static-graph"
+    assert len(summary["rollout_seconds"]) == 2 and len(summary["step_seconds"]) == 2
+    assert 0 < summary["metrics"]["completion_mean_length"] <= 8
