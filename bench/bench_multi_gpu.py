@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -135,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for gpus in [int(g) for g in a.gpus.split(",")]:
         command = [sys.executable, __file__, "--run-one", str(gpus), "--steps", str(a.steps), "--workdir", a.workdir]
-        subprocess.run(command + (["--tiny"] if a.tiny else []), check=True)
+        # Show each run only its GPUs: one process seeing two would get nn.DataParallel, which TRL refuses.
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))} if torch.cuda.is_available() else None
+        subprocess.run(command + (["--tiny"] if a.tiny else []), check=True, env=env)
         runs[str(gpus)] = json.loads(Path(a.workdir, "results", f"gpus{gpus}.json").read_text())
     report = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
