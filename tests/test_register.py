@@ -305,3 +305,26 @@ def test_kfp_wrapper_compiles_as_a_lightweight_component(tmp_path):
     compiler.Compiler().compile(component, str(tmp_path / "register.yaml"))
     text = (tmp_path / "register.yaml").read_text()
     assert "registered_model" in text and "from components.register.core import register_model" in text
+
+
+def test_kfp_wrapper_resolves_bare_vertex_uri_to_the_runs_project(tmp_path, monkeypatch):
+    from kfp import dsl
+
+    import components.register.core as core
+    from components.register.component import register_model as register_component
+
+    seen = {}
+
+    def fake_register(model_dir, comparison_path, registry_uri, **kwargs):
+        seen["registry_uri"] = registry_uri
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(core, "register_model", fake_register)
+    artifacts = {}
+    for name in ("model", "comparison", "registered_model"):
+        artifacts[name] = dsl.Artifact(uri=str(tmp_path / name))
+        artifacts[name].path = str(tmp_path / name)
+    with pytest.raises(RuntimeError, match="stop here"):
+        register_component(**artifacts, registry_uri="vertex://", model_name="m", recipe="r", pipeline_run="run",
+                           project="my-project", location="europe-west4")
+    assert seen["registry_uri"] == "vertex://projects/my-project/locations/europe-west4"

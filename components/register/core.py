@@ -265,16 +265,6 @@ def register_model(
 
 
 def parse_vertex_registry_uri(registry_uri: str) -> tuple[str, str]:
-    """``vertex://projects/P/locations/L``; bare ``vertex://`` means the project and region this task runs in."""
-    if registry_uri == VERTEX_SCHEME:
-        import os
-
-        # Set by Vertex AI in every custom-job / pipeline-task container (read at run time, not import).
-        project, location = os.environ.get("CLOUD_ML_PROJECT_ID"), os.environ.get("CLOUD_ML_REGION")
-        if not (project and location):
-            raise UserError("registry_uri 'vertex://' needs CLOUD_ML_PROJECT_ID and CLOUD_ML_REGION (set on Vertex); "
-                            "elsewhere give vertex://projects/P/locations/L or a folder")
-        return project, location
     match = _VERTEX_LOCATION.match(registry_uri[len(VERTEX_SCHEME) :])
     if not match:
         raise UserError(f"registry_uri must look like vertex://projects/PROJECT/locations/REGION, got {registry_uri!r}")
