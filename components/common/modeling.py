@@ -53,6 +53,29 @@ def torch_dtype(name: str):
     return getattr(torch, name)
 
 
+def choose_generation_backend(requested: str, *, setting: str = "generation_backend") -> str:
+    """vLLM when asked for (or ``auto``) and usable here (CUDA and vllm importable); transformers otherwise.
+
+    Training and evaluation share this rule; the caller logs the choice. ``setting`` names the recipe field.
+    """
+    from components.common.recipes import GENERATION_BACKENDS
+
+    if requested not in GENERATION_BACKENDS:
+        from components.common.errors import choices_error
+
+        raise choices_error(setting, requested, GENERATION_BACKENDS)
+    if requested == "transformers":
+        return "transformers"
+    import importlib.util
+
+    import torch
+
+    usable = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    if requested == "vllm" and not usable:
+        log.warning("%s asks for vLLM, which is not usable here (no CUDA or no vllm): using transformers", setting)
+    return "vllm" if usable else "transformers"
+
+
 def default_device() -> str:
     import torch
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.answers import extract_answer
-from components.common.errors import UserError, choices_error
+from components.common.errors import UserError
 from components.common.jsonl import read_jsonl, write_json, write_jsonl
 from components.common.recipes import load_recipe
 from components.common.stats import wilson_interval
@@ -53,19 +53,6 @@ def load_questions(data_path: str | Path, limit: int = 0) -> list[dict[str, Any]
             raise UserError(f"{where}: duplicate id {row['id']!r}")
         seen.add(str(row["id"]))
     return rows
-
-
-def choose_backend(requested: str) -> str:
-    """``auto``: vLLM when it is importable and a GPU is present, else transformers."""
-    if requested not in ("auto", "vllm", "transformers"):
-        raise choices_error("evaluation.backend", requested, ("auto", "vllm", "transformers"))
-    if requested != "auto":
-        return requested
-    import importlib.util
-
-    import torch
-
-    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
 
 
 def summarize(rows: list[dict[str, Any]], predictions: list[dict[str, Any]], samples_per_question: int) -> dict[str, Any]:
@@ -130,7 +117,9 @@ def evaluate_model(
     if settings.batch_size < 0:
         raise UserError(f"evaluation.batch_size must be >= 0 (0 = from free memory), got {settings.batch_size}")
     rows = load_questions(data_path, limit)
-    backend = choose_backend(settings.backend)
+    from components.common.modeling import choose_generation_backend
+
+    backend = choose_generation_backend(settings.backend, setting="evaluation.backend")
     log.info("evaluating %d questions x %d samples with backend %s (requested %s)", len(rows), settings.samples_per_question, backend, settings.backend)
 
     started = time.perf_counter()

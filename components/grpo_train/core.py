@@ -42,22 +42,6 @@ class TrainingOutcome:
     metrics: dict[str, float]
 
 
-def choose_backend(requested: str) -> str:
-    """vLLM colocate when asked (or ``auto``) and usable here; transformers otherwise. Logged by the caller."""
-    if requested not in ("auto", "vllm", "transformers"):
-        raise choices_error("generation_backend", requested, ["auto", "vllm", "transformers"])
-    if requested == "transformers":
-        return "transformers"
-    import importlib.util
-
-    import torch
-
-    usable = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
-    if requested == "vllm" and not usable:
-        log.warning("recipe asks for vLLM but it is not usable here (no CUDA or vllm not installed): using transformers")
-    return "vllm" if usable else "transformers"
-
-
 def check_train_args(recipe: Recipe) -> None:
     from trl import GRPOConfig
 
@@ -257,7 +241,7 @@ def train_grpo(
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
 
-    from components.common.modeling import default_device, load_model, load_processor
+    from components.common.modeling import choose_generation_backend, default_device, load_model, load_processor
 
     spec = load_recipe(recipe, overrides)
     check_train_args(spec)
@@ -268,7 +252,7 @@ def train_grpo(
 
     train_dataset = load_split(data_dir, "train")
     eval_dataset = load_split(data_dir, "validation") if spec.train.get("eval_strategy", "no") != "no" else None
-    backend = choose_backend(spec.generation_backend)
+    backend = choose_generation_backend(spec.generation_backend)
     device = default_device()
     log.info("recipe=%s model=%s backend=%s device=%s train_rows=%d", spec.name, model_id, backend, device, len(train_dataset))
 
