@@ -66,14 +66,11 @@ def prepare(tmp_path: Path, splits: dict[str, list[dict]], **kwargs) -> tuple[di
 
 
 @pytest.fixture(scope="module")
-def tiny_processor(tmp_path_factory):
+def tiny_processor(tiny_model_dir):
     """The tiny offline Gemma 3 checkpoint's processor, loaded the way the step loads the real model's."""
     from components.common.modeling import load_processor
-    from components.tiny_model.core import build_tiny_model
 
-    model_dir = tmp_path_factory.mktemp("tiny_model")
-    build_tiny_model(str(model_dir))
-    return str(model_dir), load_processor(str(model_dir))
+    return tiny_model_dir, load_processor(tiny_model_dir)
 
 
 # ------------------------------------------------------------------ outputs and the prompt

@@ -13,10 +13,8 @@ from fakes.artifacts import FakeArtifact
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from components.tiny_model import build_tiny_model
-
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+def tiny_model(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _rows(count: int) -> list[dict]:

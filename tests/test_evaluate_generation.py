@@ -4,12 +4,10 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_model_dir):
     from components.common.modeling import load_model, load_processor
-    from components.tiny_model import build_tiny_model
 
-    path = str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
-    return load_model(path, dtype="float32", device="cpu"), load_processor(path).tokenizer
+    return load_model(tiny_model_dir, dtype="float32", device="cpu"), load_processor(tiny_model_dir).tokenizer
 
 
 def _prompts(tokenizer, texts):
