@@ -139,6 +139,9 @@ def parse_params(items: list[str], declared: dict[str, str]) -> dict[str, Any]:
     return values
 
 
+REGISTRY_PARAMETER = "registry_uri"
+
+
 def submit(args: argparse.Namespace, *, credentials: Any = None) -> Any:
     """Build the PipelineJob from the parsed flags, submit it, and return it.
 
@@ -152,6 +155,9 @@ def submit(args: argparse.Namespace, *, credentials: Any = None) -> Any:
     split_gcs_uri(args.pipeline_root, "--pipeline-root")
     declared = declared_parameters(spec)
     parameter_values = parse_params(args.param, declared)
+    if REGISTRY_PARAMETER in declared and REGISTRY_PARAMETER not in parameter_values:
+        # The template's "vertex://" default means "this run's project and region": say which, here.
+        parameter_values[REGISTRY_PARAMETER] = f"vertex://projects/{args.project}/locations/{args.region}"
     if args.hf_token_secret:
         if HF_TOKEN_SECRET_PARAMETER not in declared:
             raise UserError(f"--hf-token-secret: the template declares no {HF_TOKEN_SECRET_PARAMETER} parameter")

@@ -307,24 +307,10 @@ def test_kfp_wrapper_compiles_as_a_lightweight_component(tmp_path):
     assert "registered_model" in text and "from components.register.core import register_model" in text
 
 
-def test_kfp_wrapper_resolves_bare_vertex_uri_to_the_runs_project(tmp_path, monkeypatch):
-    from kfp import dsl
 
-    import components.register.core as core
-    from components.register.component import register_model as register_component
+def test_bare_vertex_uri_is_refused_with_what_to_give(tmp_path):
+    from components.register.core import parse_vertex_registry_uri
 
-    seen = {}
-
-    def fake_register(model_dir, comparison_path, registry_uri, **kwargs):
-        seen["registry_uri"] = registry_uri
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(core, "register_model", fake_register)
-    artifacts = {}
-    for name in ("model", "comparison", "registered_model"):
-        artifacts[name] = dsl.Artifact(uri=str(tmp_path / name))
-        artifacts[name].path = str(tmp_path / name)
-    with pytest.raises(RuntimeError, match="stop here"):
-        register_component(**artifacts, registry_uri="vertex://", model_name="m", recipe="r", pipeline_run="run",
-                           project="my-project", location="europe-west4")
-    assert seen["registry_uri"] == "vertex://projects/my-project/locations/europe-west4"
+    with pytest.raises(UserError, match="vertex://projects/P/locations/L"):
+        parse_vertex_registry_uri("vertex://")
+    assert parse_vertex_registry_uri("vertex://projects/p1/locations/europe-west4") == ("p1", "europe-west4")

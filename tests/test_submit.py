@@ -250,5 +250,9 @@ def test_real_compiled_pipeline_submits_without_token_or_question_text(vertex, t
         run_submit(vertex, output, "--hf-token-secret", SECRET)
     job = created_job(vertex).body
     assert job["pipelineSpec"]["root"] == yaml.safe_load(text)["root"]
-    assert job["runtimeConfig"]["parameterValues"] == {"hf_token_secret": f"{SECRET}/versions/latest"}
+    # The template's registry default ("vertex://": this run's project and region) is filled in by submit.
+    assert job["runtimeConfig"]["parameterValues"] == {
+        "hf_token_secret": f"{SECRET}/versions/latest",
+        "registry_uri": f"vertex://projects/{PROJECT}/locations/{REGION}",
+    }
     assert TOKEN not in json.dumps(job) + caplog.text + capsys.readouterr().out

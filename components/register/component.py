@@ -18,15 +18,11 @@ def register_model(
     serving_mode: str = "adapter",
     serving_image: str = "",
     api_endpoint: str = "",
-    project: str = "{{$.pipeline_google_cloud_project_id}}",
-    location: str = "{{$.pipeline_google_cloud_location}}",
 ) -> str:
     """Register the tuned model as a new version; returns its resource name (Vertex) or folder (file registry).
 
     registry_uri: a folder (file registry) or vertex://projects/P/locations/L. pipeline_run: pass
-    dsl.PIPELINE_JOB_NAME_PLACEHOLDER so a retried task finds the version it made. A bare ``vertex://``
-    registry_uri means the Model Registry of the run's own project and region (``project``/``location``,
-    which Vertex fills in). Local model files are
+    dsl.PIPELINE_JOB_NAME_PLACEHOLDER so a retried task finds the version it made. Local model files are
     copied under this task's output (inside the pipeline root) before a Vertex upload.
     """
     import json
@@ -37,8 +33,6 @@ def register_model(
     from components.register.core import register_model as register
 
     logging.basicConfig(level=logging.INFO)
-    if registry_uri == "vertex://":
-        registry_uri = f"vertex://projects/{project}/locations/{location}"
     staging_uri = registered_model.uri + "/model" if registered_model.uri.startswith("gs://") else None
     result = register(
         model.path,  # on Vertex a /gcs/ FUSE path, which the core maps back to gs:// (no second copy)

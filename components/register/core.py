@@ -265,6 +265,10 @@ def register_model(
 
 
 def parse_vertex_registry_uri(registry_uri: str) -> tuple[str, str]:
+    if registry_uri == VERTEX_SCHEME:
+        # The pipeline's default: pipelines/submit.py replaces it with the run's own project and region.
+        raise UserError("registry_uri 'vertex://' names no project: give vertex://projects/P/locations/L "
+                        "(pipelines/submit.py fills it in from --project and --region)")
     match = _VERTEX_LOCATION.match(registry_uri[len(VERTEX_SCHEME) :])
     if not match:
         raise UserError(f"registry_uri must look like vertex://projects/PROJECT/locations/REGION, got {registry_uri!r}")
