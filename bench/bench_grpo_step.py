@@ -63,6 +63,8 @@ def build_checkpoint(workdir: Path, tiny: bool) -> Path:
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the variants run in child processes: leave them the whole card
     return model_dir
 
 
