@@ -17,6 +17,9 @@ from components.data_prep.core import REJECT_REASONS, count_prompt_tokens, norma
 from fakes.artifacts import FakeArtifact
 
 LETTERS = "ABCD"
+# The KFP wrapper's output artifacts (what the pipeline wires onward).
+WRAPPER_OUTPUTS = ("prepared_data", "train_data", "validation_data", "test_data", "rejected_rows", "prep_metrics",
+                   "prep_summary")
 WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "garnet", "harbor", "indigo", "juniper"]
 
 
@@ -551,16 +554,7 @@ def test_kfp_wrapper_writes_every_artifact(tmp_path, tiny_processor):
     splits = make_splits(n_dev=50)
     splits["train"][0]["answer_idx"] = "Z"
     src = write_source(tmp_path / "src", splits)
-    names = (
-        "prepared_data",
-        "train_data",
-        "validation_data",
-        "test_data",
-        "rejected_rows",
-        "prep_metrics",
-        "prep_summary",
-    )
-    artifacts = {name: FakeArtifact(tmp_path / "artifacts" / name) for name in names}
+    artifacts = {name: FakeArtifact(tmp_path / "artifacts" / name) for name in WRAPPER_OUTPUTS}
     prepare_medqa_component(
         **artifacts,
         source=str(src),
@@ -600,15 +594,7 @@ def test_kfp_wrapper_compiles_with_its_outputs():
 
     component = dsl.component(prepare_medqa_component, base_image="python:3.11", install_kfp_package=False)
     spec = component.component_spec
-    assert {
-        "prepared_data",
-        "train_data",
-        "validation_data",
-        "test_data",
-        "rejected_rows",
-        "prep_metrics",
-        "prep_summary",
-    } == set(spec.outputs)
+    assert set(WRAPPER_OUTPUTS) == set(spec.outputs)
     assert spec.inputs["tokenizer_model"].optional and spec.inputs["hf_token_secret"].default == ""
 
 

@@ -115,16 +115,7 @@ class _CustomJobHandler(_Handler):
 
 class FakeVertexWithCustomJobs(FakeVertex):
     def __init__(self) -> None:
-        super().__init__()
-        from http.server import ThreadingHTTPServer
-
-        self._server.server_close()
-        handler = type("Handler", (_CustomJobHandler,), {"state": self.state, "jobs": {}})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        import threading
-
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
+        super().__init__(_CustomJobHandler, jobs={})
 
 def test_launcher_submits_a_custom_job_with_two_worker_pools():
     with FakeVertexWithCustomJobs() as vertex:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from fakes.loopback import LoopbackServer
 
-class FakeSecretManager:
+
+class FakeSecretManager(LoopbackServer):
     """Serves ``GET /v1/projects/P/secrets/S/versions/V:access`` for the secrets given (name -> value)."""
 
     def __init__(self, secrets: dict[str, str]) -> None:
@@ -39,19 +40,4 @@ class FakeSecretManager:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> FakeSecretManager:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(Handler)

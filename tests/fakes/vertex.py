@@ -13,9 +13,11 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from fakes.loopback import LoopbackServer
 
 _LOCATION = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _MODEL = _LOCATION + r"/models/(?P<model>[^/@:]+)(@(?P<version>[^/:]+))?"
@@ -55,19 +57,16 @@ def _matches(filter_text: str, resource: dict[str, Any]) -> bool:
     return True
 
 
-class FakeVertex:
-    """Start with ``with FakeVertex() as vertex:``; ``vertex.endpoint`` is the ``http://`` API endpoint."""
+class FakeVertex(LoopbackServer):
+    """Start with ``with FakeVertex() as vertex:``; ``vertex.endpoint`` is the ``http://`` API endpoint.
 
-    def __init__(self) -> None:
+    ``handler``: a subclass of this module's handler, for a test that serves more of the API.
+    """
+
+    def __init__(self, handler: type | None = None, **handler_attributes) -> None:
         self.state = _State()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        handler = type("Handler", (handler or _Handler,), {"state": self.state, **handler_attributes})
+        super().__init__(handler)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -78,15 +77,6 @@ class FakeVertex:
 
     def model_versions(self, model_id: str) -> list[dict[str, Any]]:
         return self.state.models[model_id]
-
-    def __enter__(self) -> FakeVertex:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class _Handler(BaseHTTPRequestHandler):
