@@ -137,3 +137,24 @@ def test_cli_user_errors_are_one_line(args, message, prepared_demo_dir, tmp_path
     code = main([*args, "--data-dir", str(prepared_demo_dir), "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_merged_weights_serve_what_base_plus_adapter_computes(warm_tiny_model_dir, prepared_demo_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from components.common.modeling import load_model
+    from components.grpo_train.core import train_grpo
+
+    out = tmp_path / "train"
+    outcome = train_grpo("tiny-cpu", prepared_demo_dir, out, model=warm_tiny_model_dir, merge=True, show_progress=False,
+                         overrides=FAST + ["train.max_steps=2", "train.save_steps=2"])
+    assert outcome.merged_dir == str(out / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(outcome.merged_dir)  # plain weights: no PEFT needed to serve
+    assert type(merged).__name__ == "Gemma3ForConditionalGeneration"
+    with_adapter = load_model(warm_tiny_model_dir, dtype="float32", adapter=str(out), merge_adapter=False, device="cpu")
+    ids = torch.tensor([[2, 10, 20, 30, 40]])
+    base = AutoModelForCausalLM.from_pretrained(warm_tiny_model_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(merged(input_ids=ids).logits, base(input_ids=ids).logits), "training moved the weights"
