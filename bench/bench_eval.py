@@ -181,7 +181,7 @@ def decode_step_timings(model, prompts, *, rows_list: list[int], new_tokens: int
         )
         entry = {"rows": rows}
         with torch.inference_mode():
-            gen._capture(batch)
+            gen._capture()
             gen._prefill(batch)
             for name, step in (("graph", gen.graph.replay), ("eager", gen._decode_step)):
                 step()

@@ -34,10 +34,14 @@ def _reference(model, tokenizer, prompts, new_tokens):
 
 
 @pytest.mark.parametrize("sliding_window", [None, 12])
-def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window):
+@pytest.mark.parametrize("prefill_chunk", [None, 5])
+def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window, prefill_chunk, monkeypatch):
+    from components.common import generation
     from components.common.generation import SamplingSettings, generate_completions
 
     model, tokenizer = tiny
+    if prefill_chunk:  # prompts prefilled 5 positions at a time, each chunk reading only the cache filled so far
+        monkeypatch.setattr(generation, "PREFILL_TOKENS", 3 * prefill_chunk)
     text_config = model.config.get_text_config()
     saved = (text_config.sliding_window, list(text_config.layer_types))
     if sliding_window:  # a window shorter than prompt + completion: the sliding mask must drop old keys

@@ -115,3 +115,18 @@ def test_recipe_file_path_and_extends(tmp_path):
     recipe = load_recipe(str(path))
     assert recipe.name == "mine" and recipe.train["max_steps"] == 3
     assert recipe.train["learning_rate"] == load_recipe("tiny-cpu").train["learning_rate"]
+
+
+def test_liger_kernels_run_on_gpus_only(tmp_path, monkeypatch):
+    import importlib.util
+
+    from components.grpo_train import core
+
+    recipe = load_recipe("medgemma-4b")
+    assert recipe.train["use_liger_kernel"]
+    config, _ = core._grpo_config(recipe, tmp_path, "transformers", [1.0], "cpu")
+    assert config.use_liger_kernel is False  # Triton kernels: dropped on CPU, the unfused math runs instead
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else find_spec(name, *a))
+    with pytest.raises(UserError, match="liger-kernel is not installed"):
+        core._grpo_config(recipe, tmp_path, "transformers", [1.0], "cuda")

@@ -9,8 +9,9 @@ in a CUDA graph over a static cache and replayed, so a step costs what the GPU n
 
 The loop is plain PyTorch over the model's own modules (``language_model`` + ``lm_head``), with masks built
 here and passed as Gemma 3's per-layer-type dict (so the model builds none), and a cache of full-length
-static layers (sliding layers get a sliding-window mask instead of a rolling buffer). On CPU the same
-step runs eagerly: the unit tests check it token for token against ``model.generate`` (greedy).
+static layers (sliding layers get a sliding-window mask instead of a rolling buffer). The prefill attends
+only to the part of the cache filled so far; the captured decode step uses sdpa's mem-efficient kernel
+(``DECODE_ATTENTION_BACKENDS``). On CPU the same step runs eagerly: the unit tests check it token for token against ``model.generate`` (greedy).
 
 Sampling follows ``generate``'s order: temperature, then top-k, then top-p; a token is drawn by the
 exponential race (argmax of p / Exp(1)), which is exact and needs no host synchronisation.
@@ -18,6 +19,7 @@ exponential race (argmax of p / Exp(1)), which is exact and needs no host synchr
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -35,6 +37,10 @@ CPU_BATCH = 8
 PREFILL_TOKENS = 65_536
 # How often the host checks whether every row has finished (a sync; cheap at this interval).
 FINISH_CHECK_EVERY = 16
+# sdpa kernels for the captured decode step, first choice first: one query per row against the whole static
+# cache, under a mask. The mem-efficient kernel took 20.8 ms a step where cuDNN's (the default) took 27.5
+# (H200, 256 rows, 838-token cache; bench/profile_grpo_step.py --decode-experiments).
+DECODE_ATTENTION_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,28 @@ def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
     count = math.ceil(len(order) / batch_size)
     size = math.ceil(len(order) / count)
     return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+@functools.cache
+def _prefix_static_layer_class():
+    """A transformers ``StaticLayer`` whose ``update`` can return only the first ``visible_length`` slots.
+
+    The prefill sets it to the prompt width, so attention skips the empty rest of the cache; the captured
+    decode step reads the whole cache (``None``), its mask hiding what is not written yet.
+    """
+
+    from transformers.cache_utils import StaticLayer
+
+    class PrefixStaticLayer(StaticLayer):
+        visible_length: int | None = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            if self.visible_length is None:
+                return keys, values
+            return keys[:, :, : self.visible_length], values[:, :, : self.visible_length]
+
+    return PrefixStaticLayer
 
 
 class _Sampler:
@@ -140,7 +168,7 @@ class StaticBatchGenerator:
         use_cuda_graph: bool | None = None,
     ):
         import torch
-        from transformers.cache_utils import Cache, StaticLayer
+        from transformers.cache_utils import Cache
 
         self.model = model
         self.language_model = model.model.language_model
@@ -156,7 +184,8 @@ class StaticBatchGenerator:
         window = getattr(self.text_config, "sliding_window", None)
         self.sliding_window = window if window and window < self.cache_len else None
         # One full-length static layer per decoder layer; sliding layers are handled by their mask.
-        self.cache = Cache(layers=[StaticLayer(max_cache_len=self.cache_len) for _ in range(self.text_config.num_hidden_layers)])
+        layer_class = _prefix_static_layer_class()
+        self.cache = Cache(layers=[layer_class(max_cache_len=self.cache_len) for _ in range(self.text_config.num_hidden_layers)])
         params = inspect.signature(self.language_model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -216,21 +245,30 @@ class StaticBatchGenerator:
         self.full_mask[:, 0, 0, :width] = real
         chunk = max(1, PREFILL_TOKENS // self.rows)
         logits = None
-        for start in range(0, width, chunk):
-            stop = min(width, start + chunk)
-            query_index = torch.arange(start, stop, device=dev)
-            causal = self.key_index[None, :] <= query_index[:, None]  # [q, L]
-            full = self.full_mask & causal[None, None]
-            masks = {"full_attention": full, "sliding_attention": self._sliding(full, query_index[:, None])}
-            logits = self._forward(ids[:, start:stop], positions[:, start:stop], masks)
+        try:
+            for start in range(0, width, chunk):
+                stop = min(width, start + chunk)
+                # Attention reads only the slots filled so far (the cache is mostly empty during prefill).
+                self._show_cache_prefix(stop)
+                query_index = torch.arange(start, stop, device=dev)
+                causal = self.key_index[None, :stop] <= query_index[:, None]  # [q, stop]
+                full = self.full_mask[..., :stop] & causal[None, None]
+                masks = {"full_attention": full, "sliding_attention": self._sliding(full, query_index[:, None], stop)}
+                logits = self._forward(ids[:, start:stop], positions[:, start:stop], masks)
+        finally:
+            self._show_cache_prefix(None)
         self._record(self.sampler(logits))
         self.position.copy_(real.sum(-1))
         self.write_index.fill_(width)
 
-    def _sliding(self, full, query_index):
+    def _show_cache_prefix(self, length: int | None):
+        for layer in self.cache.layers:
+            layer.visible_length = length
+
+    def _sliding(self, full, query_index, length: int):
         if self.sliding_window is None:
             return full
-        return full & (self.key_index > query_index - self.sliding_window)
+        return full & (self.key_index[:length] > query_index - self.sliding_window)
 
     def _decode_step(self):
         """Feed ``next_token`` at slot ``write_index``, sample the following token. Graph-capturable: no host sync."""
@@ -248,19 +286,37 @@ class StaticBatchGenerator:
         self.position += 1
         self.write_index += 1
 
-    def _capture(self, prompts):
+    def _capture(self):
+        """Record the decode step. It runs on whatever state is there (values don't matter, shapes and addresses
+        do); the prefill that follows resets it, so no prompt is prefilled twice."""
         import torch
 
-        self._prefill(prompts)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up: cuBLAS handles, allocator pools
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        self._allocate_cache()
+        # The kernel choice is recorded in the graph: it holds for every replay.
+        with sdpa_kernel([getattr(SDPBackend, name) for name in DECODE_ATTENTION_BACKENDS], set_priority=True):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up: cuBLAS handles, allocator pools, Triton kernels compiled
+                    self._decode_step()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
                 self._decode_step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._decode_step()
+
+    def _allocate_cache(self):
+        """Allocate every cache layer now (they allocate on their first write otherwise)."""
+        import torch
+
+        c = self.text_config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        dtype = next(self.model.parameters()).dtype
+        example = torch.empty(self.rows, c.num_key_value_heads, 1, head_dim, dtype=dtype, device=self.device)
+        for layer in self.cache.layers:
+            if not layer.is_initialized:
+                layer.lazy_initialization(example, example)
 
     def generate(self, prompts: list[list[int]]) -> list[GeneratedSequence]:
         import torch
@@ -271,7 +327,7 @@ class StaticBatchGenerator:
         padded = list(prompts) + [prompts[0]] * (self.rows - len(prompts))
         with torch.inference_mode():
             if self.use_cuda_graph and self.graph is None:
-                self._capture(padded)  # warm-up steps changed the state: prefill again below
+                self._capture()
             self._prefill(padded)
             for step in range(1, self.settings.max_new_tokens):
                 if self.graph is not None:

@@ -6,6 +6,7 @@ Reads top to bottom: recipe -> data -> backend -> model -> trainer -> resume -> 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -77,6 +78,11 @@ def _grpo_config(recipe: Recipe, checkpoint_dir: Path, backend: str, reward_weig
         args.update(bf16=False, fp16=False, use_cpu=True)
         if args.get("optim") == "adamw_torch_fused":
             args["optim"] = "adamw_torch"
+        if args.pop("use_liger_kernel", False):  # Triton kernels: GPU only; the same math runs unfused
+            log.info("use_liger_kernel ignored on CPU")
+    elif args.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        raise UserError("the recipe sets train.use_liger_kernel but liger-kernel is not installed (the GPU image has "
+                        "it; elsewhere: pip install liger-kernel, or --set train.use_liger_kernel=false)")
     return GRPOConfig(
         output_dir=str(checkpoint_dir),
         use_vllm=backend == "vllm",

@@ -1,0 +1,244 @@
+"""Where one of our GRPO optimizer steps spends its time (4B shapes, one GPU): phases and top kernels.
+
+Runs ``bench_grpo_step``'s "ours" variant (same model, prompts and recipe) for ``--steps`` steps with
+timers around each phase (synchronised, so they add up) and, in the last step, ``torch.profiler`` around
+a few decode steps (run eagerly: the kernels of the captured graph), one training micro-batch (policy
+forward + backward) and one reference log-prob pass. Writes JSON: phase seconds per step and the top kernels
+of each profiled region by device time.
+
+    python bench/profile_grpo_step.py --output profile_grpo_step.json [--set train.per_device_train_batch_size=16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+TOP_KERNELS = 25
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _top_kernels(prof, limit: int = TOP_KERNELS) -> dict:
+    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    events.sort(key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in events)
+    return {
+        "device_ms_total": round(total / 1e3, 2),
+        "kernels": [{"name": e.key[:120], "calls": e.count, "device_ms": round(e.self_device_time_total / 1e3, 2),
+                     "share": round(e.self_device_time_total / total, 3)} for e in events[:limit]],
+    }
+
+
+class PhaseTimer:
+    """Synchronised wall time per phase, per optimizer step (step index from the rollout count)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.seconds: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.calls: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.profiles: dict[str, dict] = {}
+        self.profile_step = 0  # set by main: the step whose regions are profiled
+
+    def wrap(self, owner, name: str, phase, *, profile: dict[str, int] | None = None):
+        """Replace ``owner.name`` with a timed version; ``phase`` is a label or a function of the call's args.
+
+        ``profile`` maps labels to the call (1-based, within the profiled step) run under torch.profiler.
+        """
+        original = getattr(owner, name)
+        profile = profile or {}
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            label = phase(*args, **kwargs) if callable(phase) else phase
+            self.calls[self.step][label] += 1
+            profiled = self.step == self.profile_step and profile.get(label) == self.calls[self.step][label]
+            _sync()
+            started = time.perf_counter()
+            with self._profiler() if profiled else contextlib.nullcontext() as prof:
+                result = original(*args, **kwargs)
+                _sync()
+            self.seconds[self.step][label] += time.perf_counter() - started
+            if profiled:
+                self.profiles[label] = _top_kernels(prof)
+            return result
+
+        setattr(owner, name, timed)
+
+    @staticmethod
+    def _profiler():
+        import torch
+
+        return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+
+
+def install(timer: PhaseTimer) -> None:
+    import torch
+    from transformers import Trainer
+    from trl import GRPOTrainer
+
+    from components.common import generation
+    from components.grpo_train import rollout
+
+    original_call = rollout.StaticGraphRollout.__call__
+
+    def counted_call(self, prompts, trainer):
+        timer.step += 1
+        return original_call(self, prompts, trainer)
+
+    rollout.StaticGraphRollout.__call__ = counted_call
+    timer.wrap(rollout.StaticGraphRollout, "__call__", "rollout")
+    timer.wrap(generation.StaticBatchGenerator, "_capture", "rollout.capture")
+    timer.wrap(generation.StaticBatchGenerator, "_prefill", "rollout.prefill")
+    timer.wrap(generation.StaticBatchGenerator, "generate", "rollout.generate")  # capture + prefill + decode
+    timer.wrap(GRPOTrainer, "_calculate_rewards", "rewards")
+    timer.wrap(GRPOTrainer, "_generate_and_score_completions", "generate_and_score")
+    # Reference log-probs run without grad (inside generate_and_score); the policy's with grad (training_step).
+    # The first training_step of a step also generates and scores: its second is a plain micro-batch.
+    timer.wrap(GRPOTrainer, "_get_per_token_logps_and_entropies",
+               lambda *a, **k: "logps.policy" if torch.is_grad_enabled() else "logps.reference",
+               profile={"logps.reference": 1})
+    timer.wrap(Trainer, "training_step", "training_step", profile={"training_step": 2})
+
+    original_generate = generation.StaticBatchGenerator.generate
+
+    def generate_then_profile_decode(self, prompts):
+        results = original_generate(self, prompts)
+        if timer.step == timer.profile_step and "decode_step" not in timer.profiles:
+            with torch.inference_mode():
+                self._prefill(list(prompts) + [prompts[0]] * (self.rows - len(prompts)))  # fresh state, same shapes
+                self._decode_step()  # warm (eager)
+                _sync()
+                with PhaseTimer._profiler() as prof:
+                    for _ in range(4):
+                        self._decode_step()
+                    _sync()
+            timer.profiles["decode_step"] = _top_kernels(prof)
+            timer.profiles["decode_step"]["steps"] = 4
+        return results
+
+    generation.StaticBatchGenerator.generate = generate_then_profile_decode
+
+
+def decode_experiments(*, rows: int, prompt_len: int, new_tokens: int, steps: int = 64) -> dict:
+    """Decode step of the rollout alone (4B shapes, sampling as in training): graph replay ms per step under each
+    sdpa backend, and greedy graph-vs-eager agreement (the captured step must compute what the eager one does)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts
+    from components.common.generation import SamplingSettings, StaticBatchGenerator, generate_completions
+
+    model = build_model(False, "cuda")
+    prompts = make_prompts(rows, prompt_len, model.config.get_text_config().vocab_size)
+    out: dict = {"rows": rows, "cache_len": max(map(len, prompts)) + new_tokens}
+    greedy = SamplingSettings(do_sample=False, max_new_tokens=32)
+    runs = [generate_completions(model, prompts[:8], settings=greedy, pad_token_id=PAD_ID, eos_token_ids=EOS_IDS,
+                                 use_cuda_graph=graph) for graph in (True, False)]
+    same = sum(a == b for x, y in zip(*runs) for a, b in zip(x.token_ids, y.token_ids))
+    out["greedy_graph_vs_eager_same_tokens"] = f"{same}/{sum(len(x.token_ids) for x in runs[1])}"
+    settings = SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
+    backends = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "math": SDPBackend.MATH}
+    for name, backend in backends.items():
+        try:
+            with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext(), torch.inference_mode():
+                gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, prompts)), settings=settings,
+                                           pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=True)
+                _sync()
+                started = time.perf_counter()
+                gen._capture()
+                _sync()
+                capture_s = time.perf_counter() - started
+                started = time.perf_counter()
+                gen._prefill(prompts)
+                _sync()
+                prefill_s = time.perf_counter() - started
+                gen.graph.replay()
+                _sync()
+                started = time.perf_counter()
+                for _ in range(steps):
+                    gen.graph.replay()
+                _sync()
+                out[name] = {"decode_ms_per_step": round(1000 * (time.perf_counter() - started) / steps, 2),
+                             "capture_s": round(capture_s, 2), "prefill_s": round(prefill_s, 2)}
+        except RuntimeError as error:  # a backend that cannot take this mask/shape
+            out[name] = {"error": str(error).splitlines()[0][:200]}
+        gen = None
+        torch.cuda.empty_cache()
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="medgemma-4b-h100")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override SECTION.FIELD=VALUE")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--prompts-per-step", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=250)
+    parser.add_argument("--completion-tokens", type=int, default=512)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
+    parser.add_argument("--decode-experiments", action="store_true", help="also time the decode step per sdpa backend (GPU)")
+    parser.add_argument("--workdir", default="/tmp/bench_grpo_step")
+    parser.add_argument("--output", default="profile_grpo_step.json")
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import torch
+
+    import bench_grpo_step as bench
+
+    decode = decode_experiments(rows=a.prompts_per_step * 4, prompt_len=a.prompt_len, new_tokens=a.completion_tokens) \
+        if a.decode_experiments else None
+    if decode:
+        print(json.dumps(decode), flush=True)
+    workdir = Path(a.workdir)
+    model_dir = bench.build_checkpoint(workdir, a.tiny)
+    bench.write_prompts(workdir / "data", model_dir, rows=a.prompts_per_step * (a.steps + 1), mean_tokens=a.prompt_len)
+    timer = PhaseTimer()
+    timer.profile_step = a.steps
+    install(timer)
+    a.rollout = "static-graph"
+    result = bench.run_ours(model_dir, workdir / "data", workdir / "runs" / "profile", a, a.overrides)
+    report = {
+        "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "recipe": a.recipe, "overrides": a.overrides, "settings": result["settings"],
+        "step_seconds": result["step_seconds"],
+        # training_step includes generate_and_score (first micro-batch of each step), which includes the rollout.
+        "phases": {step: {k: round(v, 2) for k, v in phases.items()} for step, phases in timer.seconds.items()},
+        "calls": {step: dict(calls) for step, calls in timer.calls.items()},
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "profiles": timer.profiles,
+        "decode_experiments": decode,
+    }
+    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("card", "settings", "step_seconds", "phases", "peak_memory_gib")}, indent=1))
+    for region, data in timer.profiles.items():
+        print(f"\n{region}: {data['device_ms_total']} ms device")
+        for k in data["kernels"][:12]:
+            print(f"  {k['device_ms']:>9} ms {k['share']:>6} x{k['calls']:<5} {k['name'][:90]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
