@@ -44,6 +44,39 @@ def test_merged_lora_weights_match_the_adapters_and_are_put_back(tiny_model_dir)
         torch.testing.assert_close(base(input_ids=ids).logits, with_adapters)
 
 
+def test_lora_inputs_skip_the_fp32_round_trip_under_bf16_autocast_with_identical_results(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from components.grpo_train.core import _skip_lora_input_casts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name:
+            assert param.dtype == torch.float32  # PEFT keeps adapters in fp32 on a bf16 model
+            if "lora_B" in name:
+                param.data.normal_(0, 0.05)
+    ids = torch.randint(10, 500, (2, 12))
+
+    def logits_and_grads():
+        peft_model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as TRL's accelerator.autocast() with bf16
+            logits = peft_model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        # (the vision tower's adapters get no gradient from text-only input)
+        return logits, {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None}
+
+    with_casts, grads_with_casts = logits_and_grads()
+    assert _skip_lora_input_casts(peft_model) > 0
+    without_casts, grads_without_casts = logits_and_grads()
+    assert torch.equal(with_casts, without_casts)
+    assert len(grads_with_casts) > 10 and grads_with_casts.keys() == grads_without_casts.keys()
+    assert all(torch.equal(grads_with_casts[n], grads_without_casts[n]) for n in grads_with_casts)
+
+
 def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_demo_dir, tmp_path):
     from components.grpo_train.core import train_grpo
 

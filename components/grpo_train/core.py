@@ -214,6 +214,23 @@ def _fast_rollout(config, backend: str, device: str, rollout: str):
     return StaticGraphRollout(config)
 
 
+def _skip_lora_input_casts(model) -> int:
+    """Let LoRA layers take their bf16 input as it is; returns how many layers were switched.
+
+    PEFT keeps adapters in fp32 and casts each LoRA layer's input up to fp32; under bf16 autocast the matmul then
+    casts it straight back. The result is the same, but it costs two copies of every LoRA input per pass, forward
+    and backward (~12% of a micro-batch's GPU time, H200 profile). Only for runs where every forward with
+    adapters active is under TRL's autocast: our rollout and vLLM generate without them (TRL's own generate
+    does not use autocast, and needs the casts).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
+
+
 def _summary_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
     """The last logged value of each training metric we report."""
     metrics: dict[str, float] = {}
@@ -280,6 +297,8 @@ def train_grpo(
                           eval_dataset=eval_dataset, processing_class=processor, peft_config=lora, callbacks=callbacks,
                           rollout_func=rollout_func)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; RewardProgress logs one line instead
+    if config.bf16 and (rollout_func is not None or backend == "vllm"):
+        log.info("LoRA inputs stay bf16 under autocast (%d layers)", _skip_lora_input_casts(trainer.model))
 
     resume = latest_complete_checkpoint(checkpoint_dir)
     log.info("resuming from %s" % resume if resume else "no complete checkpoint found: starting from step 0")
