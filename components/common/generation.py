@@ -290,7 +290,6 @@ class StaticBatchGenerator:
         """Record the decode step. It runs on whatever state is there (values don't matter, shapes and addresses
         do); the prefill that follows resets it, so no prompt is prefilled twice."""
         import torch
-
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         self._allocate_cache()
