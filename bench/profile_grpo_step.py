@@ -120,7 +120,10 @@ def install(timer: PhaseTimer) -> None:
     def generate_then_profile_decode(self, prompts):
         results = original_generate(self, prompts)
         if timer.step == timer.profile_step and "decode_step" not in timer.profiles:
-            with torch.inference_mode():
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            backends = [getattr(SDPBackend, name) for name in generation.DECODE_ATTENTION_BACKENDS]
+            with torch.inference_mode(), sdpa_kernel(backends, set_priority=True):  # the kernels the graph holds
                 self._prefill(list(prompts) + [prompts[0]] * (self.rows - len(prompts)))  # fresh state, same shapes
                 self._decode_step()  # warm (eager)
                 _sync()
