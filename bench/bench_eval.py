@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="ours: rows per batch (0: from free memory)")
     parser.add_argument("--step-rows", default="64,256,512", help="batch sizes for the decode-step timings ('' to skip)")
     parser.add_argument("--step-count", type=int, default=32)
+    parser.add_argument("--liger", action="store_true", help="also run ours again with Liger's kernels applied (GPU)")
     parser.add_argument("--output", default="bench_eval.json")
     args = parser.parse_args(argv)
 
@@ -242,8 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"notebook_generate": report["notebook_generate"]}), flush=True)
     report["ours"] = run_ours(model, prompts, new_tokens=args.new_tokens, batch_size=args.batch_size)
     print(json.dumps({"ours": report["ours"]}), flush=True)
+    if args.liger and device == "cuda":  # the evaluate step's evaluation.liger_kernels, on the same model
+        from components.common.modeling import apply_liger_kernels
+
+        apply_liger_kernels(model)
+        report["ours_liger"] = run_ours(model, prompts, new_tokens=args.new_tokens, batch_size=args.batch_size)
+        print(json.dumps({"ours_liger": report["ours_liger"]}), flush=True)
     if "notebook_generate" in report:
-        report["speedup_vs_notebook"] = round(report["notebook_generate"]["extrapolated_wall_s_full_split"] / report["ours"]["wall_s"], 2)
+        notebook = report["notebook_generate"]["extrapolated_wall_s_full_split"]
+        report["speedup_vs_notebook"] = round(notebook / report["ours"]["wall_s"], 2)
+        if "ours_liger" in report:
+            report["speedup_vs_notebook_liger"] = round(notebook / report["ours_liger"]["wall_s"], 2)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     if args.step_rows and device == "cuda":

@@ -128,5 +128,11 @@ def test_liger_kernels_run_on_gpus_only(tmp_path, monkeypatch):
     assert config.use_liger_kernel is False  # Triton kernels: dropped on CPU, the unfused math runs instead
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else find_spec(name, *a))
-    with pytest.raises(UserError, match="liger-kernel is not installed"):
+    with pytest.raises(UserError, match="train.use_liger_kernel but liger-kernel is not installed"):
         core._grpo_config(recipe, tmp_path, "transformers", [1.0], "cuda")
+    # Evaluation asks for them on its own (GPU only, checked before any model is touched).
+    from components.common.modeling import apply_liger_kernels
+
+    assert recipe.evaluation.liger_kernels and not load_recipe("tiny-cpu").evaluation.liger_kernels
+    with pytest.raises(UserError, match="evaluation.liger_kernels but liger-kernel is not installed"):
+        apply_liger_kernels(model=None)

@@ -125,3 +125,25 @@ def load_model(
             model = model.merge_and_unload()
     model.eval()
     return model
+
+
+def require_liger_kernels(setting: str) -> None:
+    """Fail in one line when a recipe asks for Liger's kernels and liger-kernel is missing (GPU runs only)."""
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise UserError(f"the recipe sets {setting} but liger-kernel is not installed (the GPU image has it; "
+                        f"elsewhere: pip install liger-kernel, or --set {setting}=false)")
+
+
+def apply_liger_kernels(model) -> None:
+    """Liger's fused Triton kernels for Gemma 3's RMSNorms, GeGLU and RoPE on a loaded model, in place (GPU).
+
+    The same math in one pass each instead of several small kernels: in the CUDA-graph decode step that is
+    most of the kernels besides the matmuls and attention. The training step gets them through TRL instead
+    (``train.use_liger_kernel``); the log-prob head stays TRL's (no Liger loss).
+    """
+    require_liger_kernels("evaluation.liger_kernels")
+    from transformers.integrations.liger import apply_liger_kernel
+
+    apply_liger_kernel(model, {"fused_linear_cross_entropy": False})

@@ -66,6 +66,7 @@ class EvalSpec:
     samples_per_question: int = 1
     batch_size: int = 0  # 0: chosen from free memory
     backend: str = "auto"
+    liger_kernels: bool = False  # Liger's fused Gemma kernels in the transformers path, on GPUs (ignored on CPU)
 
 
 @dataclass

@@ -193,12 +193,14 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def _generate_with_transformers(model_id, adapter, rows, spec) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     from components.common.generation import SamplingSettings, generate_completions
-    from components.common.modeling import load_model, load_processor
+    from components.common.modeling import apply_liger_kernels, load_model, load_processor
 
     e = spec.evaluation
     processor = load_processor(model_id)
     tokenizer = processor.tokenizer
     model = load_model(model_id, dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation, adapter=adapter)
+    if e.liger_kernels and model.device.type == "cuda":
+        apply_liger_kernels(model)
     # The notebook's generate() also applies the model's generation-config top_k (64 for MedGemma): keep it.
     top_k = int(getattr(model.generation_config, "top_k", 0) or 0)
     settings = SamplingSettings(

@@ -6,7 +6,6 @@ Reads top to bottom: recipe -> data -> backend -> model -> trainer -> resume -> 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import Any
 
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import read_jsonl, write_json
+from components.common.modeling import require_liger_kernels
 from components.common.recipes import Recipe, load_recipe
 from components.grpo_train.checkpoints import latest_complete_checkpoint, make_checkpoint_callbacks
 from components.grpo_train.rewards import REWARDS
@@ -80,9 +80,8 @@ def _grpo_config(recipe: Recipe, checkpoint_dir: Path, backend: str, reward_weig
             args["optim"] = "adamw_torch"
         if args.pop("use_liger_kernel", False):  # Triton kernels: GPU only; the same math runs unfused
             log.info("use_liger_kernel ignored on CPU")
-    elif args.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
-        raise UserError("the recipe sets train.use_liger_kernel but liger-kernel is not installed (the GPU image has "
-                        "it; elsewhere: pip install liger-kernel, or --set train.use_liger_kernel=false)")
+    elif args.get("use_liger_kernel"):
+        require_liger_kernels("train.use_liger_kernel")
     return GRPOConfig(
         output_dir=str(checkpoint_dir),
         use_vllm=backend == "vllm",
