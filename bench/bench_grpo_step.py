@@ -198,10 +198,10 @@ def run_variant(a) -> int:
     items = [o for o in items if not o.startswith(("recipe=", "cap_gib="))]
     a.recipe = bench_settings.get("recipe", a.recipe)
     cap = float(bench_settings.get("cap_gib", 0))
-    if torch.cuda.is_available():
-        if cap:
-            torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
-        torch.cuda.reset_peak_memory_stats()
+    # CUDA starts inside the variant (a fresh process: peaks start at zero), so the step's own allocator settings
+    # apply; only a memory cap needs it earlier.
+    if cap and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
     started = time.perf_counter()
     if name == "notebook":
         result = run_notebook(workdir / "model", workdir / "data", out_dir, a)
@@ -215,6 +215,8 @@ def run_variant(a) -> int:
         seconds_per_step=step, completions_per_step=completions,
         completion_tokens_per_s=round(completions * a.completion_tokens / step, 1),
         peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None,
+        allocator_settings=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
     )
     (workdir / "results").mkdir(exist_ok=True)
     (workdir / "results" / f"{name.replace(':', '_')}.json").write_text(json.dumps(result))

@@ -88,3 +88,16 @@ def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_de
     assert outcome.global_step == 2 and summary["rollout"] == "static-graph"
     assert len(summary["rollout_seconds"]) == 2 and len(summary["step_seconds"]) == 2
     assert 0 < summary["metrics"]["completion_mean_length"] <= 8
+
+
+def test_expandable_segments_are_asked_for_unless_the_user_chose(monkeypatch):
+    import os
+
+    from components.common.modeling import prefer_expandable_segments
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    prefer_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    prefer_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"

@@ -147,3 +147,18 @@ def apply_liger_kernels(model) -> None:
     from transformers.integrations.liger import apply_liger_kernel
 
     apply_liger_kernel(model, {"fused_linear_cross_entropy": False})
+
+
+def prefer_expandable_segments() -> None:
+    """Ask PyTorch's CUDA allocator for expandable segments, unless PYTORCH_CUDA_ALLOC_CONF is already set.
+
+    For runs where our generator and training share one process: each rollout allocates and frees a static
+    cache of tens of GB between training passes, and expandable segments keep that from fragmenting the
+    allocator (the benchmarks in docs/performance.md ran this way). It must run before CUDA starts; not for
+    vLLM, which manages its own memory pool.
+    """
+    import os
+
+    if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+        log.info("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (set PYTORCH_CUDA_ALLOC_CONF to choose otherwise)")

@@ -117,7 +117,7 @@ def evaluate_model(
     if settings.batch_size < 0:
         raise UserError(f"evaluation.batch_size must be >= 0 (0 = from free memory), got {settings.batch_size}")
     rows = load_questions(data_path, limit)
-    from components.common.modeling import choose_generation_backend
+    from components.common.modeling import choose_generation_backend, default_device, prefer_expandable_segments
 
     backend = choose_generation_backend(settings.backend, setting="evaluation.backend")
     log.info("evaluating %d questions x %d samples with backend %s (requested %s)", len(rows), settings.samples_per_question, backend, settings.backend)
@@ -128,6 +128,8 @@ def evaluate_model(
 
         completions, decoding = generate_with_vllm(model, adapter, rows, spec)
     else:
+        if default_device() == "cuda":
+            prefer_expandable_segments()
         completions, decoding = _generate_with_transformers(model, adapter, rows, spec)
     generation_s = time.perf_counter() - started
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import read_jsonl, write_json
-from components.common.modeling import require_liger_kernels
+from components.common.modeling import prefer_expandable_segments, require_liger_kernels
 from components.common.recipes import Recipe, load_recipe
 from components.grpo_train.checkpoints import latest_complete_checkpoint, make_checkpoint_callbacks
 from components.grpo_train.rewards import REWARDS
@@ -276,6 +276,8 @@ def train_grpo(
     eval_dataset = load_split(data_dir, "validation") if spec.train.get("eval_strategy", "no") != "no" else None
     backend = choose_generation_backend(spec.generation_backend)
     device = default_device()
+    if device == "cuda" and backend == "transformers":
+        prefer_expandable_segments()
     log.info("recipe=%s model=%s backend=%s device=%s train_rows=%d", spec.name, model_id, backend, device, len(train_dataset))
 
     reward_funcs, reward_weights = _reward_functions(
