@@ -199,8 +199,12 @@ def run_variant(a) -> int:
     a.recipe = bench_settings.get("recipe", a.recipe)
     cap = float(bench_settings.get("cap_gib", 0))
     # CUDA starts inside the variant (a fresh process: peaks start at zero), so the step's own allocator settings
-    # apply; only a memory cap needs it earlier.
+    # apply; a memory cap starts it earlier, so ours asks for them first.
     if cap and torch.cuda.is_available():
+        if name != "notebook":
+            from components.common.modeling import prefer_expandable_segments
+
+            prefer_expandable_segments()
         torch.cuda.set_per_process_memory_fraction(cap * 2**30 / torch.cuda.get_device_properties(0).total_memory)
     started = time.perf_counter()
     if name == "notebook":

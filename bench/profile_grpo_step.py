@@ -4,7 +4,8 @@ Runs ``bench_grpo_step``'s "ours" variant (same model, prompts and recipe) for `
 timers around each phase (synchronised, so they add up) and, in the last step, ``torch.profiler`` around
 a few decode steps (run eagerly: the kernels of the captured graph), one training micro-batch (policy
 forward + backward) and one reference log-prob pass. Writes JSON: phase seconds per step and the top kernels
-of each profiled region by device time.
+of each profiled region by device time. The last step's phases carry the profiler's overhead: read the time
+split from the steps before it (the first also carries warm-up).
 
     python bench/profile_grpo_step.py --output profile_grpo_step.json [--set train.per_device_train_batch_size=16]
 """
@@ -95,13 +96,6 @@ def install(timer: PhaseTimer) -> None:
     from components.common import generation
     from components.grpo_train import rollout
 
-    original_call = rollout.StaticGraphRollout.__call__
-
-    def counted_call(self, prompts, trainer):
-        timer.step += 1
-        return original_call(self, prompts, trainer)
-
-    rollout.StaticGraphRollout.__call__ = counted_call
     timer.wrap(rollout.StaticGraphRollout, "__call__", "rollout")
     timer.wrap(generation.StaticBatchGenerator, "_capture", "rollout.capture")
     timer.wrap(generation.StaticBatchGenerator, "_prefill", "rollout.prefill")
@@ -114,6 +108,13 @@ def install(timer: PhaseTimer) -> None:
                lambda *a, **k: "logps.policy" if torch.is_grad_enabled() else "logps.reference",
                profile={"logps.reference": 1})
     timer.wrap(Trainer, "training_step", "training_step", profile={"training_step": 2})
+    timed_training_step = Trainer.training_step
+
+    def step_aware(self, *args, **kwargs):  # outermost: every phase of optimizer step k is counted under k
+        timer.step = self.state.global_step + 1
+        return timed_training_step(self, *args, **kwargs)
+
+    Trainer.training_step = step_aware
 
     original_generate = generation.StaticBatchGenerator.generate
 
@@ -162,7 +163,8 @@ def decode_experiments(*, rows: int, prompt_len: int, new_tokens: int, steps: in
         try:
             with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext(), torch.inference_mode():
                 gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, prompts)), settings=settings,
-                                           pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=True)
+                                           pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=True,
+                                           attention_backends=None)  # the backend chosen here, not the default
                 _sync()
                 started = time.perf_counter()
                 gen._capture()

@@ -40,8 +40,19 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
     from components.common.generation import SamplingSettings, generate_completions
 
     model, tokenizer = tiny
-    if prefill_chunk:  # prompts prefilled 5 positions at a time, each chunk reading only the cache filled so far
-        monkeypatch.setattr(generation, "PREFILL_TOKENS", 3 * prefill_chunk)
+    if prefill_chunk:  # 4 prompts in batches of 2 rows: prefilled 5 positions at a time
+        monkeypatch.setattr(generation, "PREFILL_TOKENS", 2 * prefill_chunk)
+    # Keys each attention layer reads: during prefill only the slots filled so far, while decoding the whole cache.
+    layer_class = generation._prefix_static_layer_class()
+    read_lengths = []
+
+    def recording_update(self, *args, **kwargs):
+        keys, values = update(self, *args, **kwargs)
+        read_lengths.append(keys.shape[-2])
+        return keys, values
+
+    update = layer_class.update
+    monkeypatch.setattr(layer_class, "update", recording_update)
     text_config = model.config.get_text_config()
     saved = (text_config.sliding_window, list(text_config.layer_types))
     if sliding_window:  # a window shorter than prompt + completion: the sliding mask must drop old keys
@@ -54,6 +65,13 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
         reference = _reference(model, tokenizer, prompts, 24)
     finally:
         text_config.sliding_window, text_config.layer_types = saved[0], saved[1]
+    cache_len = max(map(len, prompts)) + 24
+    prefill_reads = sorted({n for n in read_lengths if n < cache_len})
+    assert set(read_lengths) - set(prefill_reads) == {cache_len}
+    if prefill_chunk:
+        assert prefill_reads[:2] == [5, 10]  # the first chunks of a batch read 5, then 10 slots
+    else:
+        assert len(prefill_reads) == 2  # one prefill per batch, each reading its own prompt width
     for result, ref in zip(ours, reference):
         assert result.token_ids == ref[: len(result.token_ids)]
         if result.truncated:
@@ -99,3 +117,26 @@ def test_batches_are_even_and_longest_first():
     batches = _even_batches(list(range(1273)), 512)
     assert [len(b) for b in batches] == [425, 425, 423]  # one graph of 425 rows; the last batch is padded
     assert sum(batches, []) == list(range(1273))
+
+
+def test_decode_steps_on_the_blank_cache_before_the_prefill_change_nothing(tiny):
+    """The CUDA-graph capture runs decode steps on the freshly allocated cache before any prompt; the prefill
+    that follows must reset everything they touched (run eagerly here: the same state, no graph)."""
+    from components.common.generation import SamplingSettings, StaticBatchGenerator
+
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer, TEXTS[:2])
+    eos = list(model.generation_config.eos_token_id)
+
+    def generator():
+        return StaticBatchGenerator(model, rows=2, max_prompt_len=max(map(len, prompts)),
+                                    settings=SamplingSettings(do_sample=False, max_new_tokens=16),
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, use_cuda_graph=False)
+
+    fresh = [r.token_ids for r in generator().generate(prompts)]
+    warmed = generator()
+    warmed._allocate_cache()
+    for _ in range(3):
+        warmed._decode_step()
+    assert [r.token_ids for r in warmed.generate(prompts)] == fresh
+    assert [r.token_ids for r in warmed.generate(prompts[::-1])] == fresh[::-1]  # reused for a second batch

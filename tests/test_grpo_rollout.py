@@ -77,6 +77,29 @@ def test_lora_inputs_skip_the_fp32_round_trip_under_bf16_autocast_with_identical
     assert all(torch.equal(grads_with_casts[n], grads_without_casts[n]) for n in grads_with_casts)
 
 
+def test_unmerged_rollout_gets_the_lora_input_casts_back(tiny_model_dir):
+    import pytest
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from components.grpo_train.core import _skip_lora_input_casts
+    from components.grpo_train.rollout import lora_input_casts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
+    ids = torch.randint(10, 500, (2, 12))
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        _skip_lora_input_casts(peft_model)
+        # Outside autocast, bf16 inputs meet fp32 adapters: what an unmerged rollout would hit.
+        with pytest.raises(RuntimeError, match="dtype"):
+            peft_model(input_ids=ids)
+        with lora_input_casts(peft_model):
+            assert torch.equal(peft_model(input_ids=ids).logits, expected)
+    assert not any(m.cast_input_dtype_enabled for m in peft_model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
 def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_demo_dir, tmp_path):
     from components.grpo_train.core import train_grpo
 

@@ -166,6 +166,7 @@ class StaticBatchGenerator:
         pad_token_id: int,
         eos_token_ids: Sequence[int],
         use_cuda_graph: bool | None = None,
+        attention_backends: Sequence[str] | None = DECODE_ATTENTION_BACKENDS,
     ):
         import torch
         from transformers.cache_utils import Cache
@@ -180,6 +181,7 @@ class StaticBatchGenerator:
         self.cache_len = max_prompt_len + settings.max_new_tokens
         self.pad_token_id = pad_token_id
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+        self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
         self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
         window = getattr(self.text_config, "sliding_window", None)
         self.sliding_window = window if window and window < self.cache_len else None
@@ -289,12 +291,15 @@ class StaticBatchGenerator:
     def _capture(self):
         """Record the decode step. It runs on whatever state is there (values don't matter, shapes and addresses
         do); the prefill that follows resets it, so no prompt is prefilled twice."""
+        import contextlib
+
         import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         self._allocate_cache()
         # The kernel choice is recorded in the graph: it holds for every replay.
-        with sdpa_kernel([getattr(SDPBackend, name) for name in DECODE_ATTENTION_BACKENDS], set_priority=True):
+        backends = [getattr(SDPBackend, name) for name in self.attention_backends or ()]
+        with sdpa_kernel(backends, set_priority=True) if backends else contextlib.nullcontext():
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -311,7 +316,7 @@ class StaticBatchGenerator:
 
         c = self.text_config
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.language_model.layers[0].self_attn.k_proj.weight.dtype  # what keys and values come out as
         example = torch.empty(self.rows, c.num_key_value_heads, 1, head_dim, dtype=dtype, device=self.device)
         for layer in self.cache.layers:
             if not layer.is_initialized:

@@ -159,6 +159,12 @@ def prefer_expandable_segments() -> None:
     """
     import os
 
-    if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-        log.info("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (set PYTORCH_CUDA_ALLOC_CONF to choose otherwise)")
+    import torch
+
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
+        return
+    if torch.cuda.is_initialized():
+        log.warning("CUDA already started: the allocator keeps its settings (set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)")
+        return
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    log.info("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (set PYTORCH_CUDA_ALLOC_CONF to choose otherwise)")

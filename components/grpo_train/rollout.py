@@ -70,6 +70,24 @@ def merged_lora_weights(peft_model):
             param.data = data
 
 
+@contextlib.contextmanager
+def lora_input_casts(peft_model):
+    """Inside: every LoRA layer casts its input to the adapter's dtype again (PEFT's default).
+
+    The training step switches those casts off, since TRL runs every training forward under bf16 autocast
+    (``core._skip_lora_input_casts``); generating with the adapters unmerged runs without autocast and needs them.
+    """
+    layers = [m for m in peft_model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    saved = [m.cast_input_dtype_enabled for m in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.cast_input_dtype_enabled = value
+
+
 class StaticGraphRollout:
     """``rollout_func(prompts, trainer)``: one completion per prompt entry (TRL already repeats each prompt
     ``num_generations`` times), all in one generation pass when memory allows."""
@@ -112,7 +130,8 @@ class StaticGraphRollout:
             torch.cuda.empty_cache()  # blocks the optimizer step left cached count as free for the batch size
         started = time.perf_counter()
         try:
-            with merged_lora_weights(unwrapped) if is_peft else contextlib.nullcontext():
+            with merged_lora_weights(unwrapped) if is_peft else contextlib.nullcontext(True) as merged, \
+                    contextlib.nullcontext() if merged else lora_input_casts(unwrapped):
                 results = generate_completions(
                     model, prompt_ids, settings=self._settings(trainer), pad_token_id=pad_id,
                     eos_token_ids=trainer.eos_token_ids, batch_size=self.batch_size, seed=None,
