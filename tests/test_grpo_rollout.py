@@ -77,14 +77,19 @@ def test_lora_inputs_skip_the_fp32_round_trip_under_bf16_autocast_with_identical
     assert all(torch.equal(grads_with_casts[n], grads_without_casts[n]) for n in grads_with_casts)
 
 
-def test_unmerged_rollout_gets_the_lora_input_casts_back(tiny_model_dir):
+def test_unmerged_rollout_gets_the_lora_input_casts_back(tiny_model_dir, monkeypatch):
+    import contextlib
+
     import pytest
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from components.grpo_train import rollout
     from components.grpo_train.core import _skip_lora_input_casts
-    from components.grpo_train.rollout import lora_input_casts
+
+    # Adapters that cannot be merged (DoRA, an adapted embedding, ...): merged_lora_weights yields False.
+    monkeypatch.setattr(rollout, "merged_lora_weights", lambda model: contextlib.nullcontext(False))
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
     peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
@@ -95,7 +100,7 @@ def test_unmerged_rollout_gets_the_lora_input_casts_back(tiny_model_dir):
         # Outside autocast, bf16 inputs meet fp32 adapters: what an unmerged rollout would hit.
         with pytest.raises(RuntimeError, match="dtype"):
             peft_model(input_ids=ids)
-        with lora_input_casts(peft_model):
+        with rollout.weights_for_generation(peft_model):
             assert torch.equal(peft_model(input_ids=ids).logits, expected)
     assert not any(m.cast_input_dtype_enabled for m in peft_model.modules() if hasattr(m, "cast_input_dtype_enabled"))
 

@@ -88,6 +88,23 @@ def lora_input_casts(peft_model):
             layer.cast_input_dtype_enabled = value
 
 
+@contextlib.contextmanager
+def weights_for_generation(model):
+    """The policy as the rollout samples from it: merged LoRA copies where the adapters allow, else the live
+    adapters with PEFT's input casts (the rollout runs without autocast). A plain model is used as it is."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        yield
+        return
+    with merged_lora_weights(model) as merged:
+        if merged:
+            yield
+        else:
+            with lora_input_casts(model):
+                yield
+
+
 class StaticGraphRollout:
     """``rollout_func(prompts, trainer)``: one completion per prompt entry (TRL already repeats each prompt
     ``num_generations`` times), all in one generation pass when memory allows."""
@@ -121,8 +138,7 @@ class StaticGraphRollout:
         if images is not None:
             raise ValueError("the static-graph rollout handles text prompts only")
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        is_peft = isinstance(unwrapped, PeftModel)
-        model = unwrapped.get_base_model() if is_peft else unwrapped
+        model = unwrapped.get_base_model() if isinstance(unwrapped, PeftModel) else unwrapped
         pad_id = trainer.processing_class.tokenizer.pad_token_id if hasattr(trainer.processing_class, "tokenizer") else trainer.processing_class.pad_token_id
         was_training = model.training
         model.eval()  # no dropout, and gradient checkpointing (which would drop the KV cache) stays off
@@ -130,8 +146,7 @@ class StaticGraphRollout:
             torch.cuda.empty_cache()  # blocks the optimizer step left cached count as free for the batch size
         started = time.perf_counter()
         try:
-            with merged_lora_weights(unwrapped) if is_peft else contextlib.nullcontext(True) as merged, \
-                    contextlib.nullcontext() if merged else lora_input_casts(unwrapped):
+            with weights_for_generation(unwrapped):
                 results = generate_completions(
                     model, prompt_ids, settings=self._settings(trainer), pad_token_id=pad_id,
                     eos_token_ids=trainer.eos_token_ids, batch_size=self.batch_size, seed=None,
