@@ -25,14 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_eval import sync  # noqa: E402  (importable once bench/ is on the path)
+
 TOP_KERNELS = 25
-
-
-def _sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _top_kernels(prof, limit: int = TOP_KERNELS) -> dict:
@@ -69,11 +64,11 @@ class PhaseTimer:
             label = phase(*args, **kwargs) if callable(phase) else phase
             self.calls[self.step][label] += 1
             profiled = self.step == self.profile_step and profile.get(label) == self.calls[self.step][label]
-            _sync()
+            sync()
             started = time.perf_counter()
             with self._profiler() if profiled else contextlib.nullcontext() as prof:
                 result = original(*args, **kwargs)
-                _sync()
+                sync()
             self.seconds[self.step][label] += time.perf_counter() - started
             if profiled:
                 self.profiles[label] = _top_kernels(prof)
@@ -121,17 +116,15 @@ def install(timer: PhaseTimer) -> None:
     def generate_then_profile_decode(self, prompts):
         results = original_generate(self, prompts)
         if timer.step == timer.profile_step and "decode_step" not in timer.profiles:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            backends = [getattr(SDPBackend, name) for name in generation.DECODE_ATTENTION_BACKENDS]
-            with torch.inference_mode(), sdpa_kernel(backends, set_priority=True):  # the kernels the graph holds
+            # the kernels the graph holds
+            with torch.inference_mode(), generation.attention_kernels(generation.DECODE_ATTENTION_BACKENDS):
                 self._prefill(list(prompts) + [prompts[0]] * (self.rows - len(prompts)))  # fresh state, same shapes
                 self._decode_step()  # warm (eager)
-                _sync()
+                sync()
                 with PhaseTimer._profiler() as prof:
                     for _ in range(4):
                         self._decode_step()
-                    _sync()
+                    sync()
             timer.profiles["decode_step"] = _top_kernels(prof)
             timer.profiles["decode_step"]["steps"] = 4
         return results
@@ -143,10 +136,8 @@ def decode_experiments(*, rows: int, prompt_len: int, new_tokens: int, steps: in
     """Decode step of the rollout alone (4B shapes, sampling as in training): graph replay ms per step under each
     sdpa backend, and greedy graph-vs-eager agreement (the captured step must compute what the eager one does)."""
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts
-    from components.common.generation import SamplingSettings, StaticBatchGenerator, generate_completions
+    from components.common.generation import SamplingSettings, StaticBatchGenerator, attention_kernels, generate_completions
 
     model = build_model(False, "cuda")
     prompts = make_prompts(rows, prompt_len, model.config.get_text_config().vocab_size)
@@ -157,29 +148,28 @@ def decode_experiments(*, rows: int, prompt_len: int, new_tokens: int, steps: in
     same = sum(a == b for x, y in zip(*runs) for a, b in zip(x.token_ids, y.token_ids))
     out["greedy_graph_vs_eager_same_tokens"] = f"{same}/{sum(len(x.token_ids) for x in runs[1])}"
     settings = SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
-    backends = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "math": SDPBackend.MATH}
+    backends = {"default": None, "cudnn": ["CUDNN_ATTENTION"], "efficient": ["EFFICIENT_ATTENTION"], "math": ["MATH"]}
     for name, backend in backends.items():
         try:
-            with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext(), torch.inference_mode():
+            with attention_kernels(backend), torch.inference_mode():
                 gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, prompts)), settings=settings,
                                            pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=True,
                                            attention_backends=None)  # the backend chosen here, not the default
-                _sync()
+                sync()
                 started = time.perf_counter()
                 gen._capture()
-                _sync()
+                sync()
                 capture_s = time.perf_counter() - started
                 started = time.perf_counter()
                 gen._prefill(prompts)
-                _sync()
+                sync()
                 prefill_s = time.perf_counter() - started
                 gen.graph.replay()
-                _sync()
+                sync()
                 started = time.perf_counter()
                 for _ in range(steps):
                     gen.graph.replay()
-                _sync()
+                sync()
                 out[name] = {"decode_ms_per_step": round(1000 * (time.perf_counter() - started) / steps, 2),
                              "capture_s": round(capture_s, 2), "prefill_s": round(prefill_s, 2)}
         except RuntimeError as error:  # a backend that cannot take this mask/shape

@@ -60,8 +60,23 @@ class GeneratedSequence:
     truncated: bool  # no EOS within max_new_tokens
 
 
+def _head_dim(text_config) -> int:
+    return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+
+
+def attention_kernels(names: Sequence[str] | None):
+    """Context: sdpa tries these backends (``SDPBackend`` names), first choice first; None or empty: unchanged."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not names:
+        return contextlib.nullcontext()
+    return sdpa_kernel([getattr(SDPBackend, name) for name in names], set_priority=True)
+
+
 def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    head_dim = _head_dim(text_config)
     return 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * head_dim * dtype_bytes
 
 
@@ -291,15 +306,11 @@ class StaticBatchGenerator:
     def _capture(self):
         """Record the decode step. It runs on whatever state is there (values don't matter, shapes and addresses
         do); the prefill that follows resets it, so no prompt is prefilled twice."""
-        import contextlib
-
         import torch
-        from torch.nn.attention import SDPBackend, sdpa_kernel
 
         self._allocate_cache()
         # The kernel choice is recorded in the graph: it holds for every replay.
-        backends = [getattr(SDPBackend, name) for name in self.attention_backends or ()]
-        with sdpa_kernel(backends, set_priority=True) if backends else contextlib.nullcontext():
+        with attention_kernels(self.attention_backends):
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -315,9 +326,8 @@ class StaticBatchGenerator:
         import torch
 
         c = self.text_config
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         dtype = self.language_model.layers[0].self_attn.k_proj.weight.dtype  # what keys and values come out as
-        example = torch.empty(self.rows, c.num_key_value_heads, 1, head_dim, dtype=dtype, device=self.device)
+        example = torch.empty(self.rows, c.num_key_value_heads, 1, _head_dim(c), dtype=dtype, device=self.device)
         for layer in self.cache.layers:
             if not layer.is_initialized:
                 layer.lazy_initialization(example, example)

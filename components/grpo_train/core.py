@@ -222,9 +222,9 @@ def _skip_lora_input_casts(model) -> int:
     adapters active is under TRL's autocast: our rollout and vLLM generate without them (TRL's own generate
     does not use autocast, and needs the casts).
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from components.grpo_train.rollout import lora_layers
 
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    layers = lora_layers(model)
     for layer in layers:
         layer.cast_input_dtype_enabled = False
     return len(layers)

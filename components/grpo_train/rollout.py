@@ -70,6 +70,13 @@ def merged_lora_weights(peft_model):
             param.data = data
 
 
+def lora_layers(model) -> list:
+    """PEFT's adapter layers in ``model`` (each carries its own ``cast_input_dtype_enabled``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
 @contextlib.contextmanager
 def lora_input_casts(peft_model):
     """Inside: every LoRA layer casts its input to the adapter's dtype again (PEFT's default).
@@ -77,7 +84,7 @@ def lora_input_casts(peft_model):
     The training step switches those casts off, since TRL runs every training forward under bf16 autocast
     (``core._skip_lora_input_casts``); generating with the adapters unmerged runs without autocast and needs them.
     """
-    layers = [m for m in peft_model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    layers = lora_layers(peft_model)
     saved = [m.cast_input_dtype_enabled for m in layers]
     for layer in layers:
         layer.cast_input_dtype_enabled = True
