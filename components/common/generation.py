@@ -41,6 +41,9 @@ FINISH_CHECK_EVERY = 16
 # cache, under a mask. The mem-efficient kernel took 20.8 ms a step where cuDNN's (the default) took 27.5
 # (H200, 256 rows, 838-token cache; bench/profile_grpo_step.py --decode-experiments).
 DECODE_ATTENTION_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH")
+# With a compiled decode step the cache length is rounded up to a multiple of this: the compiled step is
+# specialised to it, and each training step's longest prompt differs (one compile per bucket, not per step).
+COMPILED_CACHE_MULTIPLE = 128
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ def attention_kernels(names: Sequence[str] | None):
     if not names:
         return contextlib.nullcontext()
     return sdpa_kernel([getattr(SDPBackend, name) for name in names], set_priority=True)
+
+
+def cache_length(max_prompt_len: int, max_new_tokens: int, compile_decode: bool) -> int:
+    length = max_prompt_len + max_new_tokens
+    return -(-length // COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE if compile_decode else length
 
 
 def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
@@ -131,6 +139,21 @@ def _prefix_static_layer_class():
     return PrefixStaticLayer
 
 
+def _next_token_logits(language_model, lm_head, input_ids, position_ids, masks, cache_kwargs):
+    """fp32 logits of the token after each row's last position; the cache is written in place."""
+    outputs = language_model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids, use_cache=True,
+                             **cache_kwargs)
+    return lm_head(outputs.last_hidden_state[:, -1, :]).float()
+
+
+@functools.cache
+def _compiled_next_token_logits():
+    """One compiled function per process: new generators (one per rollout) with the same shapes reuse its code."""
+    import torch
+
+    return torch.compile(_next_token_logits, dynamic=False)
+
+
 class _Sampler:
     def __init__(self, settings: SamplingSettings, vocab_size: int, device=None):
         import torch
@@ -182,6 +205,7 @@ class StaticBatchGenerator:
         eos_token_ids: Sequence[int],
         use_cuda_graph: bool | None = None,
         attention_backends: Sequence[str] | None = DECODE_ATTENTION_BACKENDS,
+        compile_decode: bool = False,
     ):
         import torch
         from transformers.cache_utils import Cache
@@ -193,9 +217,12 @@ class StaticBatchGenerator:
         self.device = next(model.parameters()).device
         self.rows = rows
         self.settings = settings
-        self.cache_len = max_prompt_len + settings.max_new_tokens
-        self.pad_token_id = pad_token_id
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+        # torch.compile fuses the decode step's norms, RoPE and residual adds into fewer kernels; the graph
+        # then records the compiled kernels. The prefill (a new shape every batch) stays eager.
+        self.decode_logits = _compiled_next_token_logits() if compile_decode else _next_token_logits
+        self.cache_len = cache_length(max_prompt_len, settings.max_new_tokens, compile_decode)
+        self.pad_token_id = pad_token_id
         self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
         self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
         window = getattr(self.text_config, "sliding_window", None)
@@ -221,15 +248,9 @@ class StaticBatchGenerator:
         self.graph = None
 
     # -- one batch ---------------------------------------------------------------------------------------
-    def _forward(self, input_ids, position_ids, masks):
-        outputs = self.language_model(
-            input_ids=input_ids,
-            attention_mask=masks,
-            position_ids=position_ids,
-            use_cache=True,
-            **{self.cache_kwarg: self.cache},
-        )
-        return self.lm_head(outputs.last_hidden_state[:, -1, :]).float()
+    def _forward(self, input_ids, position_ids, masks, logits_fn=None):
+        return (logits_fn or _next_token_logits)(self.language_model, self.lm_head, input_ids, position_ids, masks,
+                                                  {self.cache_kwarg: self.cache})
 
     def _record(self, token):
         import torch
@@ -298,7 +319,7 @@ class StaticBatchGenerator:
         else:
             sliding = self.full_mask
         masks = {"full_attention": self.full_mask, "sliding_attention": sliding}
-        logits = self._forward(self.next_token[:, None], self.position[:, None], masks)
+        logits = self._forward(self.next_token[:, None], self.position[:, None], masks, self.decode_logits)
         self._record(self.sampler(logits))
         self.position += 1
         self.write_index += 1
@@ -373,6 +394,7 @@ def generate_completions(
     batch_size: int = 0,
     seed: int | None = 0,
     use_cuda_graph: bool | None = None,
+    compile_decode: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[GeneratedSequence]:
     """Generate for every prompt (token ids, unpadded); results in input order.
@@ -390,7 +412,7 @@ def generate_completions(
     if seed is not None:
         torch.manual_seed(seed)
     max_prompt_len = max(len(p) for p in prompts)
-    cache_len = max_prompt_len + settings.max_new_tokens
+    cache_len = cache_length(max_prompt_len, settings.max_new_tokens, compile_decode)
     rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = _even_batches(order, rows)
@@ -402,10 +424,11 @@ def generate_completions(
         pad_token_id=pad_token_id,
         eos_token_ids=eos_token_ids,
         use_cuda_graph=use_cuda_graph,
+        compile_decode=compile_decode,
     )
     log.info(
-        "generating for %d prompts in %d batches of %d rows (cache %d tokens, cuda graph %s)",
-        len(prompts), len(batches), generator.rows, cache_len, generator.use_cuda_graph,
+        "generating for %d prompts in %d batches of %d rows (cache %d tokens, cuda graph %s, compiled decode %s)",
+        len(prompts), len(batches), generator.rows, cache_len, generator.use_cuda_graph, compile_decode,
     )
     results: list[GeneratedSequence | None] = [None] * len(prompts)
     done = 0

@@ -1,0 +1,154 @@
+"""Cost of one decode step of our generator against the number of rows, eager vs compiled (torch.compile).
+
+A data-parallel rollout on N GPUs gives each GPU 1/N of the rows, so what limits its speed-up is the part of
+a decode step that does not shrink with the rows (weights read, one launch per kernel). Timing the captured
+step at a few row counts splits it into ``fixed_ms + per_row_ms * rows`` (least squares), for the step as it
+is and for the compiled step (fewer, fused kernels). Also reported: seconds to compile and capture, and how
+many greedy tokens the compiled step agrees on with the eager one.
+
+    python bench/bench_decode_step.py --rows 64,128,256 --liger --output bench/results/decode_step_h100.json
+    python bench/bench_decode_step.py --tiny --rows 2,4 --steps 4      # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, sync
+
+
+def time_decode_step(model, prompts, *, rows: int, new_tokens: int, steps: int, compile_decode: bool,
+                     profile: bool = False) -> dict:
+    import torch
+
+    from components.common.generation import SamplingSettings, StaticBatchGenerator
+
+    # The training rollout's sampling (GRPO's temperature 1.0, no top-p/top-k).
+    settings = SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
+    batch = prompts[:rows]
+    reset_peak()
+    gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, batch)), settings=settings,
+                               pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available(),
+                               compile_decode=compile_decode)
+    with torch.inference_mode():
+        sync()
+        started = time.perf_counter()
+        if gen.use_cuda_graph:
+            gen._capture()  # compiles first, where compiling
+        sync()
+        capture_s = time.perf_counter() - started
+        gen._prefill(batch)
+        step = gen.graph.replay if gen.graph is not None else gen._decode_step
+        step()
+        sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        ms = 1000 * (time.perf_counter() - started) / steps
+        kernels = _profile_steps(step) if profile else None
+    out = {"rows": rows, "cache_len": gen.cache_len, "ms_per_step": round(ms, 3), "capture_s": round(capture_s, 1),
+           "peak_memory_gib": peak_gib()}
+    if kernels:
+        out["kernels_per_step"] = kernels
+    return out
+
+
+def _profile_steps(step, count: int = 4) -> dict:
+    """Device time per kernel per decode step (torch.profiler; kernels replayed from a CUDA graph included)."""
+    import torch
+    from profile_grpo_step import _top_kernels
+    from torch.profiler import ProfilerActivity, profile
+
+    if not torch.cuda.is_available():
+        return {}
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(count):
+            step()
+        sync()
+    table = _top_kernels(prof, limit=40)
+    table["device_ms_total"] = round(table["device_ms_total"] / count, 3)
+    for kernel in table["kernels"]:
+        kernel["calls"] //= count
+        kernel["device_ms"] = round(kernel["device_ms"] / count, 3)
+    return table
+
+
+def fit_fixed_and_per_row(points: list[dict]) -> dict:
+    """Least-squares line ms = fixed + per_row * rows through the timings."""
+    xs, ys = [p["rows"] for p in points], [p["ms_per_step"] for p in points]
+    n, mean_x, mean_y = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if n < 2 or spread == 0:
+        return {}
+    per_row = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / spread
+    return {"fixed_ms": round(mean_y - per_row * mean_x, 3), "per_row_ms": round(per_row, 5)}
+
+
+def greedy_agreement(model, prompts, *, new_tokens: int) -> str:
+    """Greedy tokens the compiled step produces that the eager step produces too (same prompts, same cache)."""
+    from components.common.generation import SamplingSettings, generate_completions
+
+    greedy = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
+    eager, compiled = (generate_completions(model, prompts, settings=greedy, pad_token_id=PAD_ID, eos_token_ids=EOS_IDS,
+                                            compile_decode=flag) for flag in (False, True))
+    same = sum(a == b for x, y in zip(eager, compiled) for a, b in zip(x.token_ids, y.token_ids))
+    return f"{same}/{sum(len(x.token_ids) for x in eager)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
+    parser.add_argument("--rows", default="64,128,256", help="row counts to time, comma-separated")
+    parser.add_argument("--prompt-len", type=int, default=250)
+    parser.add_argument("--new-tokens", type=int, default=512, help="sets the cache length, as in the rollout")
+    parser.add_argument("--steps", type=int, default=64, help="decode steps timed per row count")
+    parser.add_argument("--liger", action="store_true", help="with Liger's kernels applied, as the GPU recipes run (GPU)")
+    parser.add_argument("--modes", default="eager,compiled", help="decode steps to time: eager, compiled or both")
+    parser.add_argument("--profile", action="store_true", help="also list each step's kernels (torch.profiler)")
+    parser.add_argument("--output", default="bench_decode_step.json")
+    args = parser.parse_args(argv)
+
+    import logging
+    import platform
+
+    import torch
+    import transformers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_model(args.tiny, device)
+    if args.liger and device == "cuda":
+        from components.common.modeling import apply_liger_kernels
+
+        apply_liger_kernels(model)
+    rows_list = [int(r) for r in args.rows.split(",") if r]
+    prompts = make_prompts(max(rows_list), args.prompt_len, model.config.get_text_config().vocab_size)
+    report: dict = {
+        "card": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "shapes": "tiny" if args.tiny else "gemma-3-4b (random init, bf16)",
+        "liger": bool(args.liger and device == "cuda"),
+        "new_tokens": args.new_tokens,
+    }
+    modes = [m for m in args.modes.split(",") if m]
+    for name in modes:
+        points = []
+        for rows in rows_list:
+            points.append(time_decode_step(model, prompts, rows=rows, new_tokens=args.new_tokens, steps=args.steps,
+                                           compile_decode=name == "compiled", profile=args.profile))
+            print(json.dumps({name: points[-1]}), flush=True)
+        report[name] = {"steps": points, "fit": fit_fixed_and_per_row(points)}
+    if "compiled" in modes:
+        report["greedy_compiled_vs_eager_same_tokens"] = greedy_agreement(model, prompts[:8], new_tokens=32)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
