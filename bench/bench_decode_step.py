@@ -1,13 +1,15 @@
-"""Cost of one decode step of our generator against the number of rows, eager vs compiled (torch.compile).
+"""Cost of one captured decode step of our generator against the number of rows.
 
 A data-parallel rollout on N GPUs gives each GPU 1/N of the rows, so what limits its speed-up is the part of
-a decode step that does not shrink with the rows (weights read, one launch per kernel). Timing the captured
-step at a few row counts splits it into ``fixed_ms + per_row_ms * rows`` (least squares), for the step as it
-is and for the compiled step (fewer, fused kernels). Also reported: seconds to compile and capture, and how
-many greedy tokens the compiled step agrees on with the eager one.
+a decode step that does not shrink with the rows (every weight read once, one launch per kernel). Timing the
+step at a few row counts splits it into ``fixed_ms + per_row_ms * rows`` (least squares); ``--profile`` adds
+each step's kernels with their device time. Each row count gets a new generator, as each rollout does.
 
-    python bench/bench_decode_step.py --rows 64,128,256 --liger --output bench/results/decode_step_h100.json
+    python bench/bench_decode_step.py --rows 64,128,256 --liger --profile --output bench/results/decode_step_h100.json
     python bench/bench_decode_step.py --tiny --rows 2,4 --steps 4      # CPU smoke run
+
+(A torch.compile'd step was measured with this script at commit 045a3d0 and removed: slower, see
+docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from pathlib import Path
 from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, sync
 
 
-def time_decode_step(model, prompts, *, rows: int, new_tokens: int, steps: int, compile_decode: bool,
-                     profile: bool = False) -> dict:
+def time_decode_step(model, prompts, *, rows: int, new_tokens: int, steps: int, profile: bool = False) -> dict:
     import torch
 
     from components.common.generation import SamplingSettings, StaticBatchGenerator
@@ -31,13 +32,12 @@ def time_decode_step(model, prompts, *, rows: int, new_tokens: int, steps: int, 
     batch = prompts[:rows]
     reset_peak()
     gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, batch)), settings=settings,
-                               pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available(),
-                               compile_decode=compile_decode)
+                               pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available())
     with torch.inference_mode():
         sync()
         started = time.perf_counter()
         if gen.use_cuda_graph:
-            gen._capture()  # compiles first, where compiling
+            gen._capture()
         sync()
         capture_s = time.perf_counter() - started
         gen._prefill(batch)
@@ -88,17 +88,6 @@ def fit_fixed_and_per_row(points: list[dict]) -> dict:
     return {"fixed_ms": round(mean_y - per_row * mean_x, 3), "per_row_ms": round(per_row, 5)}
 
 
-def greedy_agreement(model, prompts, *, new_tokens: int) -> str:
-    """Greedy tokens the compiled step produces that the eager step produces too (same prompts, same cache)."""
-    from components.common.generation import SamplingSettings, generate_completions
-
-    greedy = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
-    eager, compiled = (generate_completions(model, prompts, settings=greedy, pad_token_id=PAD_ID, eos_token_ids=EOS_IDS,
-                                            compile_decode=flag) for flag in (False, True))
-    same = sum(a == b for x, y in zip(eager, compiled) for a, b in zip(x.token_ids, y.token_ids))
-    return f"{same}/{sum(len(x.token_ids) for x in eager)}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
@@ -107,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=512, help="sets the cache length, as in the rollout")
     parser.add_argument("--steps", type=int, default=64, help="decode steps timed per row count")
     parser.add_argument("--liger", action="store_true", help="with Liger's kernels applied, as the GPU recipes run (GPU)")
-    parser.add_argument("--modes", default="eager,compiled", help="decode steps to time: eager, compiled or both")
     parser.add_argument("--profile", action="store_true", help="also list each step's kernels (torch.profiler)")
     parser.add_argument("--output", default="bench_decode_step.json")
     args = parser.parse_args(argv)
@@ -134,16 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         "liger": bool(args.liger and device == "cuda"),
         "new_tokens": args.new_tokens,
     }
-    modes = [m for m in args.modes.split(",") if m]
-    for name in modes:
-        points = []
-        for rows in rows_list:
-            points.append(time_decode_step(model, prompts, rows=rows, new_tokens=args.new_tokens, steps=args.steps,
-                                           compile_decode=name == "compiled", profile=args.profile))
-            print(json.dumps({name: points[-1]}), flush=True)
-        report[name] = {"steps": points, "fit": fit_fixed_and_per_row(points)}
-    if "compiled" in modes:
-        report["greedy_compiled_vs_eager_same_tokens"] = greedy_agreement(model, prompts[:8], new_tokens=32)
+    points = []
+    for rows in rows_list:
+        points.append(time_decode_step(model, prompts, rows=rows, new_tokens=args.new_tokens, steps=args.steps,
+                                       profile=args.profile))
+        print(json.dumps({"decode_step": points[-1]}), flush=True)
+    report["steps"] = points
+    report["fit"] = fit_fixed_and_per_row(points)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

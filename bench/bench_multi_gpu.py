@@ -91,7 +91,20 @@ def run_one(a) -> dict:
     return {"gpus": a.run_one, "recipe": recipe, "overrides": overrides, "global_step": outcome.global_step,
             "wall_seconds": round(wall, 1), "step_seconds": [round(s, 3) for s in steps],
             "seconds_per_step": round(per_step, 3) if per_step else None,
-            "optimizer_steps_per_s": round(1 / per_step, 4) if per_step else None, "curve": curve}
+            "optimizer_steps_per_s": round(1 / per_step, 4) if per_step else None,
+            "rollout_split": rollout_split(json.loads((out / "adapter" / "training_summary.json").read_text())),
+            "curve": curve}
+
+
+def rollout_split(summary: dict) -> dict | None:
+    """Rank 0's rollout per step (median over the steps after the first): its phases, and the whole call."""
+    calls, phases = summary.get("rollout_seconds"), summary.get("rollout_phase_seconds")
+    if not calls:
+        return None
+    later = slice(1, None) if len(calls) > 1 else slice(None)
+    split = {name: round(statistics.median(p[name] for p in phases[later]), 3) for name in phases[0]}
+    split["whole_call"] = round(statistics.median(calls[later]), 3)
+    return split
 
 
 def compare(runs: dict[str, dict]) -> dict:

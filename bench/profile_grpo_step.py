@@ -2,7 +2,7 @@
 
 Runs ``bench_grpo_step``'s "ours" variant (same model, prompts and recipe) for ``--steps`` steps with
 timers around each phase (synchronised, so they add up) and, in the last step, ``torch.profiler`` around
-a few decode steps (run eagerly: the kernels of the captured graph), one training micro-batch (policy
+a few replays of the captured decode step, one training micro-batch (policy
 forward + backward) and one reference log-prob pass. Writes JSON: phase seconds per step and the top kernels
 of each profiled region by device time. The last step's phases carry the profiler's overhead: read the time
 split from the steps before it (the first also carries warm-up).
@@ -116,14 +116,15 @@ def install(timer: PhaseTimer) -> None:
     def generate_then_profile_decode(self, prompts):
         results = original_generate(self, prompts)
         if timer.step == timer.profile_step and "decode_step" not in timer.profiles:
-            # the kernels the graph holds
-            with torch.inference_mode(), generation.attention_kernels(generation.DECODE_ATTENTION_BACKENDS):
+            # the kernels the graph holds (the profiler sees replayed kernels; eager on CPU)
+            step = self.graph.replay if self.graph is not None else self._decode_step
+            with torch.inference_mode():
                 self._prefill(list(prompts) + [prompts[0]] * (self.rows - len(prompts)))  # fresh state, same shapes
-                self._decode_step()  # warm (eager)
+                step()  # warm
                 sync()
                 with PhaseTimer._profiler() as prof:
                     for _ in range(4):
-                        self._decode_step()
+                        step()
                     sync()
             timer.profiles["decode_step"] = _top_kernels(prof)
             timer.profiles["decode_step"]["steps"] = 4

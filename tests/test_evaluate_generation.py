@@ -140,3 +140,26 @@ def test_decode_steps_on_the_blank_cache_before_the_prefill_change_nothing(tiny)
         warmed._decode_step()
     assert [r.token_ids for r in warmed.generate(prompts)] == fresh
     assert [r.token_ids for r in warmed.generate(prompts[::-1])] == fresh[::-1]  # reused for a second batch
+
+
+def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny):
+    """The decode graph is recorded under one sdpa backend enabled alone (a priority list let the first graph
+    of a process take cuDNN's kernel on an H100). On CPU the mem-efficient and cuDNN kernels do not exist, so
+    the warm-up passes over them to MATH; an error other than "no kernel" is not swallowed."""
+    import pytest
+
+    from components.common.generation import SamplingSettings, StaticBatchGenerator
+
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer, TEXTS[:2])
+    eos = list(model.generation_config.eos_token_id)
+    generator = StaticBatchGenerator(model, rows=2, max_prompt_len=max(map(len, prompts)),
+                                     settings=SamplingSettings(do_sample=False, max_new_tokens=8),
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, use_cuda_graph=False,
+                                     attention_backends=("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"))
+    generator._allocate_cache()
+    assert generator._warm_up() == ["MATH"]
+
+    generator.attention_backends = ("EFFICIENT_ATTENTION",)  # nothing left to fall back to
+    with pytest.raises(RuntimeError, match="No viable backend"):
+        generator._warm_up()

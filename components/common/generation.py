@@ -37,13 +37,12 @@ CPU_BATCH = 8
 PREFILL_TOKENS = 65_536
 # How often the host checks whether every row has finished (a sync; cheap at this interval).
 FINISH_CHECK_EVERY = 16
-# sdpa kernels for the captured decode step, first choice first: one query per row against the whole static
-# cache, under a mask. The mem-efficient kernel took 20.8 ms a step where cuDNN's (the default) took 27.5
+# sdpa kernels for the captured decode step, first choice first (the first that can take the step is used
+# alone): one query per row against the whole static cache, under a mask. The mem-efficient kernel took 20.8 ms a step where cuDNN's (the default) took 27.5
 # (H200, 256 rows, 838-token cache; bench/profile_grpo_step.py --decode-experiments).
 DECODE_ATTENTION_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH")
-# With a compiled decode step the cache length is rounded up to a multiple of this: the compiled step is
-# specialised to it, and each training step's longest prompt differs (one compile per bucket, not per step).
-COMPILED_CACHE_MULTIPLE = 128
+# How sdpa says that no enabled backend takes the call (CUDA, CPU).
+NO_ATTENTION_KERNEL = ("No available kernel", "No viable backend")
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,6 @@ def attention_kernels(names: Sequence[str] | None):
     if not names:
         return contextlib.nullcontext()
     return sdpa_kernel([getattr(SDPBackend, name) for name in names], set_priority=True)
-
-
-def cache_length(max_prompt_len: int, max_new_tokens: int, compile_decode: bool) -> int:
-    length = max_prompt_len + max_new_tokens
-    return -(-length // COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE if compile_decode else length
 
 
 def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
@@ -139,21 +133,6 @@ def _prefix_static_layer_class():
     return PrefixStaticLayer
 
 
-def _next_token_logits(language_model, lm_head, input_ids, position_ids, masks, cache_kwargs):
-    """fp32 logits of the token after each row's last position; the cache is written in place."""
-    outputs = language_model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids, use_cache=True,
-                             **cache_kwargs)
-    return lm_head(outputs.last_hidden_state[:, -1, :]).float()
-
-
-@functools.cache
-def _compiled_next_token_logits():
-    """One compiled function per process: new generators (one per rollout) with the same shapes reuse its code."""
-    import torch
-
-    return torch.compile(_next_token_logits, dynamic=False)
-
-
 class _Sampler:
     def __init__(self, settings: SamplingSettings, vocab_size: int, device=None):
         import torch
@@ -205,7 +184,6 @@ class StaticBatchGenerator:
         eos_token_ids: Sequence[int],
         use_cuda_graph: bool | None = None,
         attention_backends: Sequence[str] | None = DECODE_ATTENTION_BACKENDS,
-        compile_decode: bool = False,
     ):
         import torch
         from transformers.cache_utils import Cache
@@ -217,12 +195,9 @@ class StaticBatchGenerator:
         self.device = next(model.parameters()).device
         self.rows = rows
         self.settings = settings
-        self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
-        # torch.compile fuses the decode step's norms, RoPE and residual adds into fewer kernels; the graph
-        # then records the compiled kernels. The prefill (a new shape every batch) stays eager.
-        self.decode_logits = _compiled_next_token_logits() if compile_decode else _next_token_logits
-        self.cache_len = cache_length(max_prompt_len, settings.max_new_tokens, compile_decode)
+        self.cache_len = max_prompt_len + settings.max_new_tokens
         self.pad_token_id = pad_token_id
+        self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
         self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
         self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
         window = getattr(self.text_config, "sliding_window", None)
@@ -246,11 +221,18 @@ class StaticBatchGenerator:
         self.sliding_mask = torch.zeros_like(self.full_mask)
         self.output = torch.full((rows, settings.max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
         self.graph = None
+        self.seconds = {"capture": 0.0, "prefill": 0.0, "decode": 0.0}  # wall time per phase, all batches
 
     # -- one batch ---------------------------------------------------------------------------------------
-    def _forward(self, input_ids, position_ids, masks, logits_fn=None):
-        return (logits_fn or _next_token_logits)(self.language_model, self.lm_head, input_ids, position_ids, masks,
-                                                  {self.cache_kwarg: self.cache})
+    def _forward(self, input_ids, position_ids, masks):
+        outputs = self.language_model(
+            input_ids=input_ids,
+            attention_mask=masks,
+            position_ids=position_ids,
+            use_cache=True,
+            **{self.cache_kwarg: self.cache},
+        )
+        return self.lm_head(outputs.last_hidden_state[:, -1, :]).float()
 
     def _record(self, token):
         import torch
@@ -319,7 +301,7 @@ class StaticBatchGenerator:
         else:
             sliding = self.full_mask
         masks = {"full_attention": self.full_mask, "sliding_attention": sliding}
-        logits = self._forward(self.next_token[:, None], self.position[:, None], masks, self.decode_logits)
+        logits = self._forward(self.next_token[:, None], self.position[:, None], masks)
         self._record(self.sampler(logits))
         self.position += 1
         self.write_index += 1
@@ -330,17 +312,32 @@ class StaticBatchGenerator:
         import torch
 
         self._allocate_cache()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            kernels = self._warm_up()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
         # The kernel choice is recorded in the graph: it holds for every replay.
-        with attention_kernels(self.attention_backends):
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up: cuBLAS handles, allocator pools, Triton kernels compiled
-                    self._decode_step()
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._decode_step()
+        with attention_kernels(kernels), torch.cuda.graph(self.graph):
+            self._decode_step()
+
+    def _warm_up(self) -> list[str] | None:
+        """Two decode steps (cuBLAS handles, allocator pools, Triton kernels compiled) on the first backend of
+        ``attention_backends`` that takes the step, enabled alone: under the whole list as a priority order, the
+        first graph of a process recorded cuDNN's kernel (H100, torch 2.11; bench/bench_decode_step.py)."""
+        choices = [[name] for name in self.attention_backends] if self.attention_backends else [None]
+        for kernels in choices:
+            try:
+                with attention_kernels(kernels):
+                    for _ in range(2):
+                        self._decode_step()
+                return kernels
+            except RuntimeError as error:
+                if not any(text in str(error) for text in NO_ATTENTION_KERNEL) or kernels is choices[-1]:
+                    raise
+                log.info("decode step: sdpa backend %s cannot take it, trying the next", kernels[0])
+        raise AssertionError("unreachable")
 
     def _allocate_cache(self):
         """Allocate every cache layer now (they allocate on their first write otherwise)."""
@@ -353,6 +350,16 @@ class StaticBatchGenerator:
             if not layer.is_initialized:
                 layer.lazy_initialization(example, example)
 
+    def _lap(self, phase: str, started: float) -> float:
+        """Add the (synchronised) time since ``started`` to ``phase``; return now."""
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[phase] += now - started
+        return now
+
     def generate(self, prompts: list[list[int]]) -> list[GeneratedSequence]:
         import torch
 
@@ -361,9 +368,12 @@ class StaticBatchGenerator:
         # Fill the batch with copies of the first prompt; their outputs are dropped.
         padded = list(prompts) + [prompts[0]] * (self.rows - len(prompts))
         with torch.inference_mode():
+            started = time.perf_counter()
             if self.use_cuda_graph and self.graph is None:
                 self._capture()
+            started = self._lap("capture", started)
             self._prefill(padded)
+            started = self._lap("prefill", started)
             for step in range(1, self.settings.max_new_tokens):
                 if self.graph is not None:
                     self.graph.replay()
@@ -373,6 +383,7 @@ class StaticBatchGenerator:
                     break
             tokens = self.output[: len(prompts)].tolist()
             finished = self.finished[: len(prompts)].tolist()
+            self._lap("decode", started)
         eos = set(self.eos.tolist())
         results = []
         for row_tokens, done in zip(tokens, finished):
@@ -394,14 +405,15 @@ def generate_completions(
     batch_size: int = 0,
     seed: int | None = 0,
     use_cuda_graph: bool | None = None,
-    compile_decode: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    phase_seconds: dict[str, float] | None = None,
 ) -> list[GeneratedSequence]:
     """Generate for every prompt (token ids, unpadded); results in input order.
 
     Prompts are sorted by length (longest first, so the largest batch runs first and fails early if memory
     is short) and split into equal batches; ``batch_size`` 0 picks it from free memory. ``seed`` None leaves
     the global RNG as it is (training: reseeding every step would repeat the random stream).
+    ``phase_seconds``, if given, gets the seconds spent capturing, prefilling and decoding added to it.
     """
     import torch
 
@@ -412,7 +424,7 @@ def generate_completions(
     if seed is not None:
         torch.manual_seed(seed)
     max_prompt_len = max(len(p) for p in prompts)
-    cache_len = cache_length(max_prompt_len, settings.max_new_tokens, compile_decode)
+    cache_len = max_prompt_len + settings.max_new_tokens
     rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = _even_batches(order, rows)
@@ -424,11 +436,10 @@ def generate_completions(
         pad_token_id=pad_token_id,
         eos_token_ids=eos_token_ids,
         use_cuda_graph=use_cuda_graph,
-        compile_decode=compile_decode,
     )
     log.info(
-        "generating for %d prompts in %d batches of %d rows (cache %d tokens, cuda graph %s, compiled decode %s)",
-        len(prompts), len(batches), generator.rows, cache_len, generator.use_cuda_graph, compile_decode,
+        "generating for %d prompts in %d batches of %d rows (cache %d tokens, cuda graph %s)",
+        len(prompts), len(batches), generator.rows, cache_len, generator.use_cuda_graph,
     )
     results: list[GeneratedSequence | None] = [None] * len(prompts)
     done = 0
@@ -440,4 +451,7 @@ def generate_completions(
         if progress:
             progress(done, len(prompts))
         log.info("generated %d/%d prompts (%.1f s)", done, len(prompts), time.perf_counter() - started)
+    if phase_seconds is not None:
+        for phase, seconds in generator.seconds.items():
+            phase_seconds[phase] = phase_seconds.get(phase, 0.0) + seconds
     return results  # type: ignore[return-value]

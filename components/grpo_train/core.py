@@ -321,6 +321,7 @@ def train_grpo(
         "train_seconds_this_attempt": round(time.monotonic() - started, 1), "metrics": metrics,
         "rollout": "static-graph" if rollout_func is not None else backend, "step_seconds": step_timer.seconds,
         "rollout_seconds": [round(t, 2) for t in rollout_func.seconds] if rollout_func is not None else None,
+        "rollout_phase_seconds": rollout_func.phase_seconds if rollout_func is not None else None,
     })
     log.info("adapter written to %s after %d steps (final reward %s)", adapter_dir, outcome.global_step, metrics.get("reward"))
     return outcome

@@ -120,6 +120,7 @@ class StaticGraphRollout:
         self.config = config
         self.batch_size = batch_size  # 0: from free memory (a 40 GB card splits the step into a few passes)
         self.seconds: list[float] = []  # wall time of each call, for the training summary
+        self.phase_seconds: list[dict[str, float]] = []  # each call's capture / prefill / decode seconds
 
     def _settings(self, trainer):
         from transformers import ProcessorMixin
@@ -152,15 +153,18 @@ class StaticGraphRollout:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # blocks the optimizer step left cached count as free for the batch size
         started = time.perf_counter()
+        phases: dict[str, float] = {}
         try:
             with weights_for_generation(unwrapped):
+                phases["merge"] = time.perf_counter() - started
                 results = generate_completions(
                     model, prompt_ids, settings=self._settings(trainer), pad_token_id=pad_id,
-                    eos_token_ids=trainer.eos_token_ids, batch_size=self.batch_size, seed=None,
+                    eos_token_ids=trainer.eos_token_ids, batch_size=self.batch_size, seed=None, phase_seconds=phases,
                 )
         finally:
             model.train(was_training)
         self.seconds.append(time.perf_counter() - started)
+        self.phase_seconds.append({phase: round(seconds, 3) for phase, seconds in phases.items()})
         tokens = sum(len(r.token_ids) for r in results)
         log.info("rollout: %d completions, %d tokens in %.1f s", len(results), tokens, self.seconds[-1])
         return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": [r.token_ids for r in results], "logprobs": None}
