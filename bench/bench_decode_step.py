@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, sync
+from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync
 
 
 def time_decode_step(model, prompts, *, rows: int, new_tokens: int, steps: int, profile: bool = False) -> dict:
@@ -101,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import logging
-    import platform
 
     import torch
-    import transformers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -116,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_list = [int(r) for r in args.rows.split(",") if r]
     prompts = make_prompts(max(rows_list), args.prompt_len, model.config.get_text_config().vocab_size)
     report: dict = {
-        "card": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "shapes": "tiny" if args.tiny else "gemma-3-4b (random init, bf16)",
+        **run_header(args.tiny),
         "liger": bool(args.liger and device == "cuda"),
         "new_tokens": args.new_tokens,
     }

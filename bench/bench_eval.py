@@ -80,6 +80,18 @@ def make_prompts(count: int, mean_len: int, vocab: int, seed: int = 0) -> list[l
     return [[2] + [rng.randrange(1000, vocab - 10) for _ in range(rng.randint(mean_len - spread, mean_len + spread))] for _ in range(count)]
 
 
+def run_header(tiny: bool) -> dict:
+    """What every benchmark report starts with: the card, the library versions, the model shapes."""
+    import torch
+    import transformers
+
+    return {
+        "card": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "shapes": "tiny" if tiny else "gemma-3-4b (random init, bf16)",
+    }
+
+
 def sync():
     import torch
 
@@ -156,7 +168,7 @@ def run_ours(model, prompts, *, new_tokens: int, batch_size: int) -> dict:
     return {
         "prompts": len(prompts),
         "batch_size": batch_size or "auto",
-        "wall_s": round(wall, 1),
+        "wall_s": round(wall, 2),
         "tokens_generated": tokens,
         "truncated_rows": sum(r.truncated for r in results),
         "tokens_per_s": round(tokens / wall, 1),
@@ -225,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = model.config.get_text_config().vocab_size
     prompts = make_prompts(args.prompts, args.prompt_len, vocab)
     report = {
-        "card": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
-        "shapes": "tiny" if args.tiny else "gemma-3-4b (random init, bf16)",
+        **run_header(args.tiny),
         "parameters_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3),
         "prompts": args.prompts,
         "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
