@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also list each step's kernels (torch.profiler)")
     parser.add_argument("--output", default="bench_decode_step.json")
     args = parser.parse_args(argv)
+    # Output columns after the prefill's: one warm-up step, the timed ones, four more when profiling.
+    if args.steps + 1 + 4 * args.profile > args.new_tokens - 1:
+        parser.error(f"--steps {args.steps} needs --new-tokens of at least {args.steps + 2 + 4 * args.profile}")
 
     import logging
 

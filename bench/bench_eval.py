@@ -228,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     import torch
-    import transformers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -99,7 +99,7 @@ def run_one(a) -> dict:
 def rollout_split(summary: dict) -> dict | None:
     """Rank 0's rollout per step (median over the steps after the first): its phases, and the whole call."""
     calls, phases = summary.get("rollout_seconds"), summary.get("rollout_phase_seconds")
-    if not calls:
+    if not calls or not phases:  # TRL's rollout, or a summary from before the phases were recorded
         return None
     later = slice(1, None) if len(calls) > 1 else slice(None)
     split = {name: round(statistics.median(p[name] for p in phases[later]), 3) for name in phases[0]}

@@ -163,3 +163,15 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
     generator.attention_backends = ("EFFICIENT_ATTENTION",)  # nothing left to fall back to
     with pytest.raises(RuntimeError, match="No viable backend"):
         generator._warm_up()
+
+    calls = []
+
+    def broken_step():
+        calls.append(1)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    generator.attention_backends = ("EFFICIENT_ATTENTION", "MATH")
+    generator._decode_step = broken_step
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        generator._warm_up()
+    assert len(calls) == 1  # not retried under MATH

@@ -117,6 +117,7 @@ def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_de
     assert len(summary["rollout_seconds"]) == 2 and len(summary["step_seconds"]) == 2
     phases = summary["rollout_phase_seconds"]
     assert [set(p) for p in phases] == [{"merge", "capture", "prefill", "decode"}] * 2
+    assert all(p["prefill"] > 0 and p["decode"] > 0 for p in phases)
     # The phases are parts of the call (rounded to 3 decimals, the call to 2).
     assert all(sum(p.values()) <= total + 0.01 for p, total in zip(phases, summary["rollout_seconds"]))
     assert 0 < summary["metrics"]["completion_mean_length"] <= 8

@@ -11,7 +11,8 @@ The loop is plain PyTorch over the model's own modules (``language_model`` + ``l
 here and passed as Gemma 3's per-layer-type dict (so the model builds none), and a cache of full-length
 static layers (sliding layers get a sliding-window mask instead of a rolling buffer). The prefill attends
 only to the part of the cache filled so far; the captured decode step uses sdpa's mem-efficient kernel
-(``DECODE_ATTENTION_BACKENDS``). On CPU the same step runs eagerly: the unit tests check it token for token against ``model.generate`` (greedy).
+(``DECODE_ATTENTION_BACKENDS``). On CPU the same step runs eagerly: the unit tests check it token for token
+against ``model.generate`` (greedy).
 
 Sampling follows ``generate``'s order: temperature, then top-k, then top-p; a token is drawn by the
 exponential race (argmax of p / Exp(1)), which is exact and needs no host synchronisation.
@@ -38,8 +39,9 @@ PREFILL_TOKENS = 65_536
 # How often the host checks whether every row has finished (a sync; cheap at this interval).
 FINISH_CHECK_EVERY = 16
 # sdpa kernels for the captured decode step, first choice first (the first that can take the step is used
-# alone): one query per row against the whole static cache, under a mask. The mem-efficient kernel took 20.8 ms a step where cuDNN's (the default) took 27.5
-# (H200, 256 rows, 838-token cache; bench/profile_grpo_step.py --decode-experiments).
+# alone): one query per row against the whole static cache, under a mask. The mem-efficient kernel took
+# 20.8 ms a step where cuDNN's (the default) took 27.5 (H200, 256 rows, 838-token cache;
+# bench/profile_grpo_step.py --decode-experiments).
 DECODE_ATTENTION_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH")
 # How sdpa says that no enabled backend takes the call (CUDA, CPU).
 NO_ATTENTION_KERNEL = ("No available kernel", "No viable backend")
@@ -221,7 +223,8 @@ class StaticBatchGenerator:
         self.sliding_mask = torch.zeros_like(self.full_mask)
         self.output = torch.full((rows, settings.max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
         self.graph = None
-        self.seconds = {"capture": 0.0, "prefill": 0.0, "decode": 0.0}  # wall time per phase, all batches
+        # Wall time per phase over all batches; "capture" includes allocating the cache and the warm-up steps.
+        self.seconds = {"capture": 0.0, "prefill": 0.0, "decode": 0.0}
 
     # -- one batch ---------------------------------------------------------------------------------------
     def _forward(self, input_ids, position_ids, masks):
@@ -317,10 +320,11 @@ class StaticBatchGenerator:
         with torch.cuda.stream(stream):
             kernels = self._warm_up()
         torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
+        graph = torch.cuda.CUDAGraph()
         # The kernel choice is recorded in the graph: it holds for every replay.
-        with attention_kernels(kernels), torch.cuda.graph(self.graph):
+        with attention_kernels(kernels), torch.cuda.graph(graph):
             self._decode_step()
+        self.graph = graph  # only once captured: a failed capture leaves none to replay
 
     def _warm_up(self) -> list[str] | None:
         """Two decode steps (cuBLAS handles, allocator pools, Triton kernels compiled) on the first backend of
@@ -332,11 +336,13 @@ class StaticBatchGenerator:
                 with attention_kernels(kernels):
                     for _ in range(2):
                         self._decode_step()
-                return kernels
             except RuntimeError as error:
                 if not any(text in str(error) for text in NO_ATTENTION_KERNEL) or kernels is choices[-1]:
                     raise
-                log.info("decode step: sdpa backend %s cannot take it, trying the next", kernels[0])
+                log.warning("decode step: sdpa backend %s cannot take it, trying the next", kernels[0])
+                continue
+            log.info("decode step on sdpa backend %s", kernels[0] if kernels else "(the caller's choice)")
+            return kernels
         raise AssertionError("unreachable")
 
     def _allocate_cache(self):

@@ -120,7 +120,7 @@ class StaticGraphRollout:
         self.config = config
         self.batch_size = batch_size  # 0: from free memory (a 40 GB card splits the step into a few passes)
         self.seconds: list[float] = []  # wall time of each call, for the training summary
-        self.phase_seconds: list[dict[str, float]] = []  # each call's capture / prefill / decode seconds
+        self.phase_seconds: list[dict[str, float]] = []  # each call's merge / capture / prefill / decode seconds
 
     def _settings(self, trainer):
         from transformers import ProcessorMixin
@@ -156,6 +156,8 @@ class StaticGraphRollout:
         phases: dict[str, float] = {}
         try:
             with weights_for_generation(unwrapped):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # the merge is queued GPU work: time it here, not in the capture
                 phases["merge"] = time.perf_counter() - started  # with the cache release before it
                 results = generate_completions(
                     model, prompt_ids, settings=self._settings(trainer), pad_token_id=pad_id,
