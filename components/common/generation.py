@@ -92,10 +92,14 @@ def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: fl
     if device.type != "cuda":
         return max(1, min(CPU_BATCH, num_rows))
     free, total = torch.cuda.mem_get_info(device)
+    # Blocks this process has cached but not in use are free to it too: the allocator hands them out first (the
+    # training step leaves tens of GB cached; releasing them before each rollout cost time, more with more GPUs).
+    allocated = torch.cuda.memory_allocated(device)
+    free += torch.cuda.memory_reserved(device) - allocated
     # A process capped by set_per_process_memory_fraction sees the card's free memory here, not its own limit.
     cap = torch.cuda.get_per_process_memory_fraction(device) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
     if cap < 1.0:
-        free = min(free, int(cap * total) - torch.cuda.memory_reserved(device))
+        free = min(free, int(cap * total) - allocated)
     text_config = model.config.get_text_config()
     dtype_bytes = next(model.parameters()).element_size()
     # Per row: the static cache, plus fp32 logits and their top-k/sort copies (~6 x vocab x 4 bytes).

@@ -151,14 +151,12 @@ class StaticGraphRollout:
         was_training = model.training
         model.eval()  # no dropout, and gradient checkpointing (which would drop the KV cache) stays off
         started = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # blocks the optimizer step left cached count as free for the batch size
         phases: dict[str, float] = {}
         try:
             with weights_for_generation(unwrapped):
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()  # the merge is queued GPU work: time it here, not in the capture
-                phases["merge"] = time.perf_counter() - started  # with the cache release before it
+                phases["merge"] = time.perf_counter() - started
                 results = generate_completions(
                     model, prompt_ids, settings=self._settings(trainer), pad_token_id=pad_id,
                     eos_token_ids=trainer.eos_token_ids, batch_size=self.batch_size, seed=None, phase_seconds=phases,
