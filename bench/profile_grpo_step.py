@@ -138,7 +138,7 @@ def decode_experiments(*, rows: int, prompt_len: int, new_tokens: int, steps: in
     sdpa backend, and greedy graph-vs-eager agreement (the captured step must compute what the eager one does)."""
     import torch
     from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts
-    from components.common.generation import SamplingSettings, StaticBatchGenerator, attention_kernels, generate_completions
+    from components.common.generation import SamplingSettings, StaticBatchGenerator, attention_kernel, generate_completions
 
     model = build_model(False, "cuda")
     prompts = make_prompts(rows, prompt_len, model.config.get_text_config().vocab_size)
@@ -149,10 +149,10 @@ def decode_experiments(*, rows: int, prompt_len: int, new_tokens: int, steps: in
     same = sum(a == b for x, y in zip(*runs) for a, b in zip(x.token_ids, y.token_ids))
     out["greedy_graph_vs_eager_same_tokens"] = f"{same}/{sum(len(x.token_ids) for x in runs[1])}"
     settings = SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
-    backends = {"default": None, "cudnn": ["CUDNN_ATTENTION"], "efficient": ["EFFICIENT_ATTENTION"], "math": ["MATH"]}
+    backends = {"default": None, "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
     for name, backend in backends.items():
         try:
-            with attention_kernels(backend), torch.inference_mode():
+            with attention_kernel(backend), torch.inference_mode():
                 gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, prompts)), settings=settings,
                                            pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=True,
                                            attention_backends=None)  # the backend chosen here, not the default

@@ -158,7 +158,7 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
                                      pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, use_cuda_graph=False,
                                      attention_backends=("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"))
     generator._allocate_cache()
-    assert generator._warm_up() == ["MATH"]
+    assert generator._warm_up() == "MATH"
 
     generator.attention_backends = ("EFFICIENT_ATTENTION",)  # nothing left to fall back to
     with pytest.raises(RuntimeError, match="No viable backend"):

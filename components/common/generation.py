@@ -68,15 +68,13 @@ def _head_dim(text_config) -> int:
     return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
 
 
-def attention_kernels(names: Sequence[str] | None):
-    """Context: sdpa tries these backends (``SDPBackend`` names), first choice first; None or empty: unchanged."""
+def attention_kernel(name: str | None):
+    """Context: sdpa runs only this backend (an ``SDPBackend`` name); None: as the caller has set it."""
     import contextlib
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if not names:
-        return contextlib.nullcontext()
-    return sdpa_kernel([getattr(SDPBackend, name) for name in names], set_priority=True)
+    return sdpa_kernel(getattr(SDPBackend, name)) if name else contextlib.nullcontext()
 
 
 def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
@@ -322,31 +320,31 @@ class StaticBatchGenerator:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            kernels = self._warm_up()
+            backend = self._warm_up()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # The kernel choice is recorded in the graph: it holds for every replay.
-        with attention_kernels(kernels), torch.cuda.graph(graph):
+        with attention_kernel(backend), torch.cuda.graph(graph):
             self._decode_step()
         self.graph = graph  # only once captured: a failed capture leaves none to replay
 
-    def _warm_up(self) -> list[str] | None:
+    def _warm_up(self) -> str | None:
         """Two decode steps (cuBLAS handles, allocator pools, Triton kernels compiled) on the first backend of
         ``attention_backends`` that takes the step, enabled alone: under the whole list as a priority order, the
         first graph of a process recorded cuDNN's kernel (H100, torch 2.11; bench/bench_decode_step.py)."""
-        choices = [[name] for name in self.attention_backends] if self.attention_backends else [None]
-        for kernels in choices:
+        choices = list(self.attention_backends) if self.attention_backends else [None]
+        for backend in choices:
             try:
-                with attention_kernels(kernels):
+                with attention_kernel(backend):
                     for _ in range(2):
                         self._decode_step()
             except RuntimeError as error:
-                if not any(text in str(error) for text in NO_ATTENTION_KERNEL) or kernels is choices[-1]:
+                if not any(text in str(error) for text in NO_ATTENTION_KERNEL) or backend == choices[-1]:
                     raise
-                log.warning("decode step: sdpa backend %s cannot take it, trying the next", kernels[0])
+                log.warning("decode step: sdpa backend %s cannot take it, trying the next", backend)
                 continue
-            log.info("decode step on sdpa backend %s", kernels[0] if kernels else "(the caller's choice)")
-            return kernels
+            log.info("decode step on sdpa backend %s", backend or "(the caller's choice)")
+            return backend
         raise AssertionError("unreachable")
 
     def _allocate_cache(self):
