@@ -175,3 +175,39 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
     with pytest.raises(RuntimeError, match="illegal memory access"):
         generator._warm_up()
     assert len(calls) == 1  # not retried under MATH
+
+
+def test_auto_batch_size_counts_cached_free_blocks_and_respects_a_memory_cap(monkeypatch):
+    """On a GPU the rollout's batch size comes from free memory: the card's free memory plus what this process
+    has cached but not in use (no cache release before each rollout), within a per-process cap if one is set."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from components.common import generation
+
+    gib = 2**30
+    text = SimpleNamespace(num_hidden_layers=2, num_key_value_heads=1, head_dim=64, hidden_size=64,
+                           num_attention_heads=1, intermediate_size=128, vocab_size=1000)
+    parameter = SimpleNamespace(device=torch.device("cuda", 0), element_size=lambda: 2)
+    model = SimpleNamespace(parameters=lambda: iter([parameter]),
+                            config=SimpleNamespace(get_text_config=lambda: text))
+    per_row = 100 * generation.kv_bytes_per_token(text, 2) + 6 * text.vocab_size * 4
+    prefill = generation.PREFILL_TOKENS * (3 * text.intermediate_size + 4 * text.hidden_size) * 2
+
+    def rows_for(free_gib):
+        return (int(free_gib * gib * 0.9) - prefill) // per_row
+
+    cap = {"fraction": 1.0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * gib)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: cap["fraction"])
+    monkeypatch.setattr(generation, "MAX_AUTO_BATCH", 10**9)
+
+    # 2 GiB free on the card + 20 GiB cached and unused by this process.
+    assert generation.auto_batch_size(model, cache_len=100, num_rows=10**9) == rows_for(22)
+    # Capped at 16 GiB with 10 GiB allocated: 6 GiB left, whatever is cached.
+    cap["fraction"] = 0.2
+    assert generation.auto_batch_size(model, cache_len=100, num_rows=10**9) == rows_for(6)
+    assert generation.auto_batch_size(model, cache_len=100, num_rows=5) == 5  # never more rows than prompts
