@@ -1,12 +1,22 @@
-"""Cost of one captured decode step of our generator against the number of rows.
+"""Cost of one captured decode step of our generator: by rows, eager vs graph, by sdpa backend, kernel by kernel.
 
 A data-parallel rollout on N GPUs gives each GPU 1/N of the rows, so what limits its speed-up is the part of
 a decode step that does not shrink with the rows (every weight read once, one launch per kernel). Timing the
-step at a few row counts splits it into ``fixed_ms + per_row_ms * rows`` (least squares); ``--profile`` adds
-each step's kernels with their device time. Each row count gets a new generator, as each rollout does.
+step at a few row counts splits it into ``fixed_ms + per_row_ms * rows`` (least squares). Each row count gets
+a new generator, as each rollout does. Options:
 
-    python bench/bench_decode_step.py --rows 64,128,256 --liger --profile --output bench/results/decode_step_h100.json
-    python bench/bench_decode_step.py --tiny --rows 2,4 --steps 4      # CPU smoke run
+- ``--eager``: also time the same step run without the graph (what the graph saves);
+- ``--backends``: also time the graph recorded under each of these sdpa backends alone;
+- ``--profile``: each step's kernels with their device time (torch.profiler sees replayed kernels);
+- ``--liger``: with Liger's kernels, as the GPU recipes run; ``--eval-sampling``: the evaluation's sampling
+  (T 0.7, top-p 0.9, top-k 64) instead of the rollout's (T 1.0).
+
+On a GPU the report also checks that the graph computes what the eager step does (greedy tokens).
+
+    python bench/bench_decode_step.py --rows 64,128,256 --liger --profile --output bench/results/decode_step_liger_h100.json
+    python bench/bench_decode_step.py --rows 256 --backends EFFICIENT_ATTENTION,CUDNN_ATTENTION,MATH
+    python bench/bench_decode_step.py --rows 64,256,384 --eager --eval-sampling
+    python bench/bench_decode_step.py --tiny --rows 2,4 --steps 4 --eager    # CPU smoke run (no graph on CPU)
 
 (A torch.compile'd step was measured with this script at commit 045a3d0 and removed: slower, see
 docs/performance.md.)
@@ -21,59 +31,78 @@ from pathlib import Path
 
 from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync
 
+PROFILED_STEPS = 4
 
-def time_decode_step(model, prompts, *, rows: int, new_tokens: int, steps: int, profile: bool = False) -> dict:
+
+def sampling_settings(new_tokens: int, eval_sampling: bool):
+    from components.common.generation import SamplingSettings
+
+    if eval_sampling:  # the evaluate step's protocol, with MedGemma's top-k 64
+        return SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, top_k=64, max_new_tokens=new_tokens)
+    return SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)  # GRPO's
+
+
+def _ms_per_step(step, steps: int) -> float:
+    step()  # warm
+    sync()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return round(1000 * (time.perf_counter() - started) / steps, 3)
+
+
+def time_decode_step(model, prompts, *, rows: int, settings, steps: int, backends=None, eager: bool = False,
+                     profile: bool = False) -> dict:
+    """One new generator of ``rows`` rows: capture, prefill, then ms per replayed step (eager: per step run
+    without the graph). Each timing starts from a fresh prefill, so the steps never outrun the cache."""
     import torch
 
-    from components.common.generation import SamplingSettings, StaticBatchGenerator
+    from components.common.generation import DECODE_ATTENTION_BACKENDS, StaticBatchGenerator, attention_kernel
 
-    # The training rollout's sampling (GRPO's temperature 1.0, no top-p/top-k).
-    settings = SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
     batch = prompts[:rows]
     reset_peak()
     gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, batch)), settings=settings,
-                               pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available())
+                               pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available(),
+                               attention_backends=backends or DECODE_ATTENTION_BACKENDS)
+    out: dict = {"rows": rows, "cache_len": gen.cache_len}
     with torch.inference_mode():
         sync()
         started = time.perf_counter()
         if gen.use_cuda_graph:
             gen._capture()
         sync()
-        capture_s = time.perf_counter() - started
+        out["capture_s"] = round(time.perf_counter() - started, 2)
+        out["backend"] = gen.attention_backend
         gen._prefill(batch)
         step = gen.graph.replay if gen.graph is not None else gen._decode_step
-        step()
-        sync()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        ms = 1000 * (time.perf_counter() - started) / steps
-        kernels = _profile_steps(step) if profile else None
-    out = {"rows": rows, "cache_len": gen.cache_len, "ms_per_step": round(ms, 3), "capture_s": round(capture_s, 1),
-           "peak_memory_gib": peak_gib()}
-    if kernels:
-        out["kernels_per_step"] = kernels
+        out["ms_per_step"] = _ms_per_step(step, steps)
+        if eager:
+            gen._prefill(batch)
+            with attention_kernel(gen.attention_backend):
+                out["eager_ms_per_step"] = _ms_per_step(gen._decode_step, steps)
+        if profile and torch.cuda.is_available():
+            gen._prefill(batch)
+            out["kernels_per_step"] = _profile_steps(step)
+    out["peak_memory_gib"] = peak_gib()
     return out
 
 
-def _profile_steps(step, count: int = 4) -> dict:
+def _profile_steps(step) -> dict:
     """Device time per kernel per decode step (torch.profiler; kernels replayed from a CUDA graph included)."""
-    import torch
     from profile_grpo_step import _top_kernels
     from torch.profiler import ProfilerActivity, profile
 
-    if not torch.cuda.is_available():
-        return {}
+    step()  # warm
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(count):
+        for _ in range(PROFILED_STEPS):
             step()
         sync()
     table = _top_kernels(prof, limit=40)
-    table["device_ms_total"] = round(table["device_ms_total"] / count, 3)
+    table["device_ms_total"] = round(table["device_ms_total"] / PROFILED_STEPS, 3)
     for kernel in table["kernels"]:
-        kernel["calls"] //= count
-        kernel["device_ms"] = round(kernel["device_ms"] / count, 3)
+        kernel["calls"] //= PROFILED_STEPS
+        kernel["device_ms"] = round(kernel["device_ms"] / PROFILED_STEPS, 3)
     return table
 
 
@@ -88,6 +117,17 @@ def fit_fixed_and_per_row(points: list[dict]) -> dict:
     return {"fixed_ms": round(mean_y - per_row * mean_x, 3), "per_row_ms": round(per_row, 5)}
 
 
+def greedy_graph_vs_eager(model, prompts, *, new_tokens: int = 32) -> str:
+    """Greedy tokens the captured step produces that the eager one produces too (same prompts)."""
+    from components.common.generation import SamplingSettings, generate_completions
+
+    greedy = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
+    graph, eager = (generate_completions(model, prompts, settings=greedy, pad_token_id=PAD_ID, eos_token_ids=EOS_IDS,
+                                         use_cuda_graph=flag) for flag in (True, False))
+    same = sum(a == b for x, y in zip(graph, eager) for a, b in zip(x.token_ids, y.token_ids))
+    return f"{same}/{sum(len(x.token_ids) for x in eager)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
@@ -95,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=250)
     parser.add_argument("--new-tokens", type=int, default=512, help="sets the cache length, as in the rollout")
     parser.add_argument("--steps", type=int, default=64, help="decode steps timed per row count")
+    parser.add_argument("--eager", action="store_true", help="also time the step run eagerly")
+    parser.add_argument("--backends", default="", help="also time the graph under each of these sdpa backends alone")
+    parser.add_argument("--profile", action="store_true", help="also list each step's kernels (GPU)")
     parser.add_argument("--liger", action="store_true", help="with Liger's kernels applied, as the GPU recipes run (GPU)")
-    parser.add_argument("--profile", action="store_true", help="also list each step's kernels (torch.profiler)")
+    parser.add_argument("--eval-sampling", action="store_true", help="the evaluation's sampling instead of the rollout's")
     parser.add_argument("--output", default="bench_decode_step.json")
     args = parser.parse_args(argv)
-    # Output columns after the prefill's: one warm-up step, the timed ones, four more when profiling.
-    if args.steps + 1 + 4 * args.profile > args.new_tokens - 1:
-        parser.error(f"--steps {args.steps} needs --new-tokens of at least {args.steps + 2 + 4 * args.profile}")
+    if max(args.steps, PROFILED_STEPS) + 1 > args.new_tokens - 1:  # the prefill samples the first token
+        parser.error(f"--steps {args.steps} needs --new-tokens of at least {max(args.steps, PROFILED_STEPS) + 2}")
 
     import logging
 
@@ -116,18 +158,32 @@ def main(argv: list[str] | None = None) -> int:
         apply_liger_kernels(model)
     rows_list = [int(r) for r in args.rows.split(",") if r]
     prompts = make_prompts(max(rows_list), args.prompt_len, model.config.get_text_config().vocab_size)
-    report: dict = {
-        **run_header(args.tiny),
-        "liger": bool(args.liger and device == "cuda"),
-        "new_tokens": args.new_tokens,
-    }
+    settings = sampling_settings(args.new_tokens, args.eval_sampling)
+    report: dict = {**run_header(args.tiny), "liger": bool(args.liger and device == "cuda"),
+                    "sampling": "evaluation" if args.eval_sampling else "rollout", "new_tokens": args.new_tokens}
+    if device == "cuda":
+        report["greedy_graph_vs_eager_same_tokens"] = greedy_graph_vs_eager(model, prompts[:8])
     points = []
     for rows in rows_list:
-        points.append(time_decode_step(model, prompts, rows=rows, new_tokens=args.new_tokens, steps=args.steps,
-                                       profile=args.profile))
+        points.append(time_decode_step(model, prompts, rows=rows, settings=settings, steps=args.steps,
+                                       eager=args.eager, profile=args.profile))
         print(json.dumps({"decode_step": points[-1]}), flush=True)
     report["steps"] = points
     report["fit"] = fit_fixed_and_per_row(points)
+    backends = [b for b in args.backends.split(",") if b]
+    if backends and device != "cuda":
+        report["by_backend"] = "GPU only: on CPU nothing is captured"
+    elif backends:
+        report["by_backend"] = {}
+        for backend in backends:
+            for rows in rows_list:
+                try:
+                    entry = time_decode_step(model, prompts, rows=rows, settings=settings, steps=args.steps,
+                                             backends=(backend,))
+                except RuntimeError as error:  # this backend cannot take the step (mask, shape, device)
+                    entry = {"rows": rows, "error": str(error).splitlines()[0][:200]}
+                report["by_backend"].setdefault(backend, []).append(entry)
+                print(json.dumps({backend: entry}), flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

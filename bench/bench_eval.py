@@ -7,7 +7,7 @@ Builds a random-init Gemma-3-4B (MedGemma-4B's real shapes, Gemma3ForConditional
     batches is timed and the full split extrapolated (the whole loop takes ~15 min);
   - ours: ``components.common.generation.generate_completions`` on all 1,273 prompts (length-sorted,
     batch size from free memory, static cache, CUDA-graph decode step), same decoding;
-  - decode-step timings of ours at a few batch sizes, graph replay vs the same step run eagerly.
+(Decode-step timings, graph vs eager and by rows, are bench_decode_step.py's.)
 Imports only torch, transformers and our generation module (no kfp/trl). Random weights rarely emit EOS,
 so nearly every row runs to the 512-token cap; tokens/s counts the tokens actually generated.
 
@@ -176,40 +176,6 @@ def run_ours(model, prompts, *, new_tokens: int, batch_size: int) -> dict:
     }
 
 
-def decode_step_timings(model, prompts, *, rows_list: list[int], new_tokens: int, steps: int) -> list[dict]:
-    """Milliseconds per decode step of our generator: CUDA-graph replay vs the same step run eagerly."""
-    import torch
-
-    from components.common.generation import SamplingSettings, StaticBatchGenerator
-
-    settings = SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, top_k=64, max_new_tokens=new_tokens)
-    rows_out = []
-    for rows in rows_list:
-        reset_peak()
-        batch = prompts[:rows]
-        gen = StaticBatchGenerator(
-            model, rows=rows, max_prompt_len=max(map(len, batch)), settings=settings, pad_token_id=PAD_ID,
-            eos_token_ids=EOS_IDS, use_cuda_graph=True,
-        )
-        entry = {"rows": rows}
-        with torch.inference_mode():
-            gen._capture()
-            gen._prefill(batch)
-            for name, step in (("graph", gen.graph.replay), ("eager", gen._decode_step)):
-                step()
-                sync()
-                start = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                sync()
-                entry[f"{name}_ms_per_step"] = round(1000 * (time.perf_counter() - start) / steps, 2)
-        entry["graph_tokens_per_s"] = round(rows * 1000 / entry["graph_ms_per_step"], 1)
-        entry["peak_memory_gib"] = peak_gib()
-        rows_out.append(entry)
-        del gen, step  # the bound method keeps the generator (and its cache) alive otherwise
-    return rows_out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
@@ -219,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebook-batch-size", type=int, default=64)
     parser.add_argument("--notebook-batches", type=int, default=1, help="batches of the notebook loop to time (0: skip)")
     parser.add_argument("--batch-size", type=int, default=0, help="ours: rows per batch (0: from free memory)")
-    parser.add_argument("--step-rows", default="64,256,512", help="batch sizes for the decode-step timings ('' to skip)")
-    parser.add_argument("--step-count", type=int, default=32)
     parser.add_argument("--liger", action="store_true", help="also run ours again with Liger's kernels applied (GPU)")
     parser.add_argument("--output", default="bench_eval.json")
     args = parser.parse_args(argv)
@@ -263,11 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         report["speedup_vs_notebook"] = round(notebook / report["ours"]["wall_s"], 2)
         if "ours_liger" in report:
             report["speedup_vs_notebook_liger"] = round(notebook / report["ours_liger"]["wall_s"], 2)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    if args.step_rows and device == "cuda":
-        rows_list = [int(r) for r in args.step_rows.split(",") if r]
-        report["decode_steps"] = decode_step_timings(model, prompts, rows_list=rows_list, new_tokens=args.new_tokens, steps=args.step_count)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

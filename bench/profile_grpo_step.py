@@ -133,55 +133,6 @@ def install(timer: PhaseTimer) -> None:
     generation.StaticBatchGenerator.generate = generate_then_profile_decode
 
 
-def decode_experiments(*, rows: int, prompt_len: int, new_tokens: int, steps: int = 64) -> dict:
-    """Decode step of the rollout alone (4B shapes, sampling as in training): graph replay ms per step under each
-    sdpa backend, and greedy graph-vs-eager agreement (the captured step must compute what the eager one does)."""
-    import torch
-    from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts
-    from components.common.generation import SamplingSettings, StaticBatchGenerator, attention_kernel, generate_completions
-
-    model = build_model(False, "cuda")
-    prompts = make_prompts(rows, prompt_len, model.config.get_text_config().vocab_size)
-    out: dict = {"rows": rows, "cache_len": max(map(len, prompts)) + new_tokens}
-    greedy = SamplingSettings(do_sample=False, max_new_tokens=32)
-    runs = [generate_completions(model, prompts[:8], settings=greedy, pad_token_id=PAD_ID, eos_token_ids=EOS_IDS,
-                                 use_cuda_graph=graph) for graph in (True, False)]
-    same = sum(a == b for x, y in zip(*runs) for a, b in zip(x.token_ids, y.token_ids))
-    out["greedy_graph_vs_eager_same_tokens"] = f"{same}/{sum(len(x.token_ids) for x in runs[1])}"
-    settings = SamplingSettings(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
-    backends = {"default": None, "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
-    for name, backend in backends.items():
-        try:
-            with attention_kernel(backend), torch.inference_mode():
-                gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, prompts)), settings=settings,
-                                           pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=True,
-                                           attention_backends=None)  # the backend chosen here, not the default
-                sync()
-                started = time.perf_counter()
-                gen._capture()
-                sync()
-                capture_s = time.perf_counter() - started
-                started = time.perf_counter()
-                gen._prefill(prompts)
-                sync()
-                prefill_s = time.perf_counter() - started
-                gen.graph.replay()
-                sync()
-                started = time.perf_counter()
-                for _ in range(steps):
-                    gen.graph.replay()
-                sync()
-                out[name] = {"decode_ms_per_step": round(1000 * (time.perf_counter() - started) / steps, 2),
-                             "capture_s": round(capture_s, 2), "prefill_s": round(prefill_s, 2)}
-        except RuntimeError as error:  # a backend that cannot take this mask/shape
-            out[name] = {"error": str(error).splitlines()[0][:200]}
-        gen = None
-        torch.cuda.empty_cache()
-    del model
-    torch.cuda.empty_cache()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -193,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=250)
     parser.add_argument("--completion-tokens", type=int, default=512)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
-    parser.add_argument("--decode-experiments", action="store_true", help="also time the decode step per sdpa backend (GPU)")
     parser.add_argument("--workdir", default="/tmp/bench_grpo_step")
     parser.add_argument("--output", default="profile_grpo_step.json")
     a = parser.parse_args(argv)
@@ -203,10 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import bench_grpo_step as bench
 
-    decode = decode_experiments(rows=a.prompts_per_step * 4, prompt_len=a.prompt_len, new_tokens=a.completion_tokens) \
-        if a.decode_experiments else None
-    if decode:
-        print(json.dumps(decode), flush=True)
     workdir = Path(a.workdir)
     model_dir = bench.build_checkpoint(workdir, a.tiny)
     bench.write_prompts(workdir / "data", model_dir, rows=a.prompts_per_step * (a.steps + 1), mean_tokens=a.prompt_len)
@@ -224,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         "calls": {step: dict(calls) for step, calls in timer.calls.items()},
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "profiles": timer.profiles,
-        "decode_experiments": decode,
     }
     Path(a.output).parent.mkdir(parents=True, exist_ok=True)
     Path(a.output).write_text(json.dumps(report, indent=2) + "\n")

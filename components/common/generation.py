@@ -40,8 +40,8 @@ PREFILL_TOKENS = 65_536
 FINISH_CHECK_EVERY = 16
 # sdpa kernels for the captured decode step, first choice first (the first that can take the step is used
 # alone): one query per row against the whole static cache, under a mask. The mem-efficient kernel took
-# 20.8 ms a step where cuDNN's (the default) took 27.5 (H200, 256 rows, 838-token cache;
-# bench/profile_grpo_step.py --decode-experiments).
+# 20.8 ms a step where cuDNN's (the default) took 27.5 (H200, 256 rows, 838-token cache; now measured by
+# bench/bench_decode_step.py --backends).
 DECODE_ATTENTION_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH")
 # How sdpa says that no enabled backend takes the call (CUDA, CPU).
 NO_ATTENTION_KERNEL = ("No available kernel", "No viable backend")
@@ -225,6 +225,7 @@ class StaticBatchGenerator:
         self.sliding_mask = torch.zeros_like(self.full_mask)
         self.output = torch.full((rows, settings.max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
         self.graph = None
+        self.attention_backend: str | None = None  # the sdpa backend the graph was recorded under
         # Wall time per phase over all batches; "capture" includes allocating the cache and the warm-up steps.
         self.seconds = {"capture": 0.0, "prefill": 0.0, "decode": 0.0}
 
@@ -326,7 +327,7 @@ class StaticBatchGenerator:
         # The kernel choice is recorded in the graph: it holds for every replay.
         with attention_kernel(backend), torch.cuda.graph(graph):
             self._decode_step()
-        self.graph = graph  # only once captured: a failed capture leaves none to replay
+        self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
 
     def _warm_up(self) -> str | None:
         """Two decode steps (cuBLAS handles, allocator pools, Triton kernels compiled) on the first backend of
