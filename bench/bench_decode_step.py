@@ -27,9 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync
+from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync, write_report
 
 PROFILED_STEPS = 4
 
@@ -184,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry = {"rows": rows, "error": str(error).splitlines()[0][:200]}
                 report["by_backend"].setdefault(backend, []).append(entry)
                 print(json.dumps({backend: entry}), flush=True)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.output, report)
     return 0
 
 

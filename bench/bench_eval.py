@@ -92,6 +92,13 @@ def run_header(tiny: bool) -> dict:
     }
 
 
+def write_report(output: str, report: dict) -> None:
+    """The report as JSON at ``output`` (folders made) and on stdout."""
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def sync():
     import torch
 
@@ -227,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         report["speedup_vs_notebook"] = round(notebook / report["ours"]["wall_s"], 2)
         if "ours_liger" in report:
             report["speedup_vs_notebook_liger"] = round(notebook / report["ours_liger"]["wall_s"], 2)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.output, report)
     return 0
 
 

@@ -16,6 +16,14 @@ from typing import Any
 from components.common.answers import extract_answer
 from components.common.errors import UserError
 from components.common.jsonl import read_jsonl, write_json, write_jsonl
+from components.common.modeling import (
+    apply_liger_kernels,
+    choose_generation_backend,
+    default_device,
+    load_model,
+    load_processor,
+    prefer_expandable_segments,
+)
 from components.common.recipes import load_recipe
 from components.common.stats import wilson_interval
 
@@ -117,8 +125,6 @@ def evaluate_model(
     if settings.batch_size < 0:
         raise UserError(f"evaluation.batch_size must be >= 0 (0 = from free memory), got {settings.batch_size}")
     rows = load_questions(data_path, limit)
-    from components.common.modeling import choose_generation_backend, default_device, prefer_expandable_segments
-
     backend = choose_generation_backend(settings.backend, setting="evaluation.backend")
     log.info("evaluating %d questions x %d samples with backend %s (requested %s)", len(rows), settings.samples_per_question, backend, settings.backend)
 
@@ -195,7 +201,6 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def _generate_with_transformers(model_id, adapter, rows, spec) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     from components.common.generation import SamplingSettings, generate_completions
-    from components.common.modeling import apply_liger_kernels, load_model, load_processor
 
     e = spec.evaluation
     processor = load_processor(model_id)
