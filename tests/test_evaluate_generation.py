@@ -177,7 +177,7 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
     assert len(calls) == 1  # not retried under MATH
 
 
-def test_auto_batch_size_counts_cached_free_blocks_and_respects_a_memory_cap(monkeypatch):
+def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory_cap(monkeypatch):
     """On a GPU the rollout's batch size comes from free memory: the card's free memory plus what this process
     has cached but not in use (no cache release before each rollout), within a per-process cap if one is set."""
     from types import SimpleNamespace
@@ -211,3 +211,10 @@ def test_auto_batch_size_counts_cached_free_blocks_and_respects_a_memory_cap(mon
     cap["fraction"] = 0.2
     assert generation.auto_batch_size(model, cache_len=100, num_rows=10**9) == rows_for(6)
     assert generation.auto_batch_size(model, cache_len=100, num_rows=5) == 5  # never more rows than prompts
+
+    # Without the cached blocks (what a CUDA graph's own pool can get): the card's 2 GiB, then within the cap
+    # the 16 GiB minus the 30 GiB reserved: nothing.
+    cap["fraction"] = 1.0
+    assert generation.free_device_bytes(parameter.device, count_cached=False) == 2 * gib
+    cap["fraction"] = 0.2
+    assert generation.free_device_bytes(parameter.device, count_cached=False) == int(0.2 * 80 * gib) - 30 * gib

@@ -84,28 +84,39 @@ def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
 
 def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.9) -> int:
     """Rows per batch from free device memory (static KV cache + sampling buffers per row); CPU: a fixed small batch."""
-    import torch
-
     device = next(model.parameters()).device
     if device.type != "cuda":
         return max(1, min(CPU_BATCH, num_rows))
-    free, total = torch.cuda.mem_get_info(device)
-    # Blocks this process has cached but not in use are free to it too: the allocator hands them out first (the
-    # training step leaves tens of GB cached; releasing them before each rollout cost time, more with more GPUs).
-    allocated = torch.cuda.memory_allocated(device)
-    free += torch.cuda.memory_reserved(device) - allocated
-    # A process capped by set_per_process_memory_fraction sees the card's free memory here, not its own limit.
-    cap = torch.cuda.get_per_process_memory_fraction(device) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
-    if cap < 1.0:
-        free = min(free, int(cap * total) - allocated)
+    free = free_device_bytes(device, count_cached=True)
     text_config = model.config.get_text_config()
     dtype_bytes = next(model.parameters()).element_size()
-    # Per row: the static cache, plus fp32 logits and their top-k/sort copies (~6 x vocab x 4 bytes).
-    per_row = cache_len * kv_bytes_per_token(text_config, dtype_bytes) + 6 * text_config.vocab_size * 4
+    per_row = cache_len * kv_bytes_per_token(text_config, dtype_bytes) + sampling_bytes_per_row(text_config)
     # Prefill activations of one chunk (MLP intermediates dominate), whatever the batch size.
     prefill = PREFILL_TOKENS * (3 * text_config.intermediate_size + 4 * text_config.hidden_size) * dtype_bytes
     rows = (int(free * memory_fraction) - prefill) // per_row
     return max(1, min(rows, MAX_AUTO_BATCH, num_rows))
+
+
+def free_device_bytes(device, *, count_cached: bool) -> int:
+    """Device memory this process can still get, within its ``set_per_process_memory_fraction`` cap (free memory
+    reports the card, not the cap). ``count_cached``: its own cached blocks not in use count as free (the
+    allocator hands them out first, and releases its cache itself before it would fail an allocation)."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+    held = allocated if count_cached else reserved
+    if count_cached:
+        free += reserved - allocated
+    cap = torch.cuda.get_per_process_memory_fraction(device) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
+    if cap < 1.0:
+        free = min(free, int(cap * total) - held)
+    return free
+
+
+def sampling_bytes_per_row(text_config) -> int:
+    """A decode step's transient memory per row: fp32 logits and their top-k/sort copies (~6 x vocab x 4 bytes)."""
+    return 6 * text_config.vocab_size * 4
 
 
 def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
@@ -318,15 +329,24 @@ class StaticBatchGenerator:
         import torch
 
         self._allocate_cache()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             backend = self._warm_up()
-        torch.cuda.current_stream().wait_stream(stream)
+        # torch.cuda.graph() would release the whole cache first ("free as much memory as we can"): with the
+        # training step's blocks cached, that cost more than the capture itself, every rollout. The graph's own
+        # pool needs about one step's transient memory: the cache is released only when the device lacks that.
+        if free_device_bytes(self.device, count_cached=False) < 2 * self.rows * sampling_bytes_per_row(self.text_config):
+            torch.cuda.empty_cache()
+        torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         # The kernel choice is recorded in the graph: it holds for every replay.
-        with attention_kernel(backend), torch.cuda.graph(graph):
-            self._decode_step()
+        with attention_kernel(backend), torch.cuda.stream(stream):
+            graph.capture_begin()
+            try:
+                self._decode_step()
+            finally:
+                graph.capture_end()
         self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
 
     def _warm_up(self) -> str | None:
