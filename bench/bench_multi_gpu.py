@@ -77,7 +77,7 @@ def run_one(a) -> dict:
 
         shutil.rmtree(out)  # a fresh start, never a resume
     overrides = COMMON_OVERRIDES + [f"train.max_steps={a.steps}", f"train.save_steps={a.steps}"]
-    overrides += (TINY_OVERRIDES if a.tiny else ["generation_backend=transformers"])
+    overrides += (TINY_OVERRIDES if a.tiny else ["generation_backend=transformers"]) + a.set
     started = time.perf_counter()
     outcome = train_on_this_machine(recipe, str(data_dir), str(out), model=str(model_dir), overrides=overrides,
                                     gpus=a.run_one)
@@ -104,6 +104,9 @@ def rollout_split(summary: dict) -> dict | None:
     later = slice(1, None) if len(calls) > 1 else slice(None)
     split = {name: round(statistics.median(p[name] for p in phases[later]), 3) for name in phases[0]}
     split["whole_call"] = round(statistics.median(calls[later]), 3)
+    by_rank = summary.get("rollout_seconds_by_rank")
+    if by_rank:  # a rank that samples slower holds the others at the next gather
+        split["whole_call_by_rank"] = [round(statistics.median(c[later]), 3) for c in by_rank]
     return split
 
 
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", default="1,2", help="GPU counts to run, comma-separated (default 1,2)")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (default 4)")
     parser.add_argument("--tiny", action="store_true", help="the tiny warm-started model on demo data (curves)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for every run, e.g. train.ddp_broadcast_buffers=false (repeatable)")
     parser.add_argument("--workdir", default="/tmp/bench_multi_gpu")
     parser.add_argument("--output", default="bench_multi_gpu.json")
     parser.add_argument("--run-one", type=int, help=argparse.SUPPRESS)  # child process: one GPU count
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for gpus in [int(g) for g in a.gpus.split(",")]:
         command = [sys.executable, __file__, "--run-one", str(gpus), "--steps", str(a.steps), "--workdir", a.workdir]
+        command += [f"--set={override}" for override in a.set]
         # Show each run only its GPUs: one process seeing two would get nn.DataParallel, which TRL refuses.
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))} if torch.cuda.is_available() else None
         subprocess.run(command + (["--tiny"] if a.tiny else []), check=True, env=env)

@@ -90,7 +90,8 @@ def test_training_cli_parses_what_the_launcher_builds():
     from components.grpo_train.__main__ import build_parser
 
     args = build_parser().parse_args(training_cli_args("tiny-cpu", "/d", "/o", model="/m", overrides=["a.b=1"],
-                                                       completion_sample_size=3))
+                                                       completion_sample_size=3, rollout="static-graph"))
+    assert args.rollout == "static-graph" and build_parser().parse_args(training_cli_args("r", "/d", "/o")).rollout == "auto"
     assert (args.recipe, args.data_dir, args.output_dir, args.model) == ("tiny-cpu", "/d", "/o", "/m")
     assert args.overrides == ["a.b=1"] and args.completion_sample_size == 3 and args.no_progress
     assert not args.merge and args.hf_token_secret == ""
@@ -129,19 +130,23 @@ def test_only_the_saving_process_marks_a_checkpoint_complete(tmp_path, should_sa
 
 
 def test_two_processes_train_resume_and_write_outputs_once(tmp_path, tiny_model_dir, prepared_demo_dir):
-    """torchrun with 2 CPU processes (gloo): the same launcher a 2-GPU VM uses. Rank 0 alone writes the adapter
-    and summary; each checkpoint holds both ranks' RNG state before its COMPLETE marker; a second launch with
-    more steps resumes from the last complete checkpoint."""
+    """torchrun with 2 CPU processes (gloo) and our rollout, as on GPUs: the same launcher a 2-GPU VM uses.
+    Rank 0 alone writes the adapter and summary; each checkpoint holds both ranks' RNG state before its COMPLETE
+    marker; a second launch with more steps resumes from the last complete checkpoint."""
     out = tmp_path / "tuned"
     overrides = ["train.max_steps=2", "train.save_steps=1", "train.per_device_train_batch_size=4",
                  "train.gradient_accumulation_steps=2", "train.report_to=none", "train.logging_steps=1"]
     outcome = train_on_this_machine("tiny-cpu", str(prepared_demo_dir), str(out), model=tiny_model_dir,
-                                    overrides=overrides, gpus=2)
+                                    overrides=overrides, gpus=2, rollout="static-graph")
     assert outcome.global_step == 2 and outcome.backend == "transformers" and outcome.resumed_from is None
     assert "reward" in outcome.metrics
     summary = json.loads((out / "adapter" / "training_summary.json").read_text())
     # The launcher halved accumulation: 4 completions x 1 step x 2 processes = the recipe's 4 x 2 x 1.
     assert summary["recipe_settings"]["train"]["gradient_accumulation_steps"] == 1
+    # Each rank's own rollout times (one per step), gathered by rank 0.
+    assert summary["rollout"] == "static-graph"
+    assert [len(times) for times in summary["rollout_seconds_by_rank"]] == [2, 2]
+    assert summary["rollout_seconds_by_rank"][0] == summary["rollout_seconds"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     for step in (1, 2):
         checkpoint = out / "checkpoints" / f"checkpoint-{step}"

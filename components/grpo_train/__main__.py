@@ -10,6 +10,8 @@ from components.common.errors import cli_main
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments (also what the multi-GPU launcher builds: see components.grpo_train.launch)."""
+    from components.grpo_train.core import ROLLOUTS
+
     parser = argparse.ArgumentParser(prog="python -m components.grpo_train", description=__doc__)
     parser.add_argument("--recipe", required=True, help="recipe name (e.g. medgemma-4b, tiny-cpu) or YAML path")
     parser.add_argument("--data-dir", required=True, help="data prep output (train.jsonl, validation.jsonl)")
@@ -22,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Secret Manager resource name of the Hugging Face token (else $HF_TOKEN)")
     parser.add_argument("--completion-sample-size", type=int, default=0,
                         help="write the first N completions to completions_sample.jsonl (off by default)")
+    parser.add_argument("--rollout", default="auto", choices=ROLLOUTS,
+                        help="completions without vLLM: our CUDA-graph generator, TRL's generate, or auto (the first "
+                             "on a GPU, the second on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     return parser
 
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             args.recipe, args.data_dir, output_dir, model=args.model, overrides=args.overrides,
             merge=args.merge and main_process, token=resolve_hf_token(args.hf_token_secret or None),
             completion_sample_size=args.completion_sample_size, show_progress=not args.no_progress and main_process,
+            rollout=args.rollout,
         )
     if main_process:
         print(f"adapter: {outcome.adapter_dir} (step {outcome.global_step}, backend {outcome.backend})")

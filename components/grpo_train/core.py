@@ -259,6 +259,7 @@ def train_grpo(
     "trl" (TRL's ``generate``), "auto" (the first on a GPU, the second on CPU).
     """
     import torch
+    from accelerate.utils import gather_object
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
@@ -308,6 +309,10 @@ def train_grpo(
     if preemption.preempted:
         raise SystemExit("preempted: checkpoint saved; the retried task resumes from it")
 
+    # Every rank's rollout times (a collective: all ranks call it): a rank that samples slower holds the others
+    # at the next gather, which shows up as training time on rank 0.
+    rollout_by_rank = (gather_object([[round(t, 2) for t in rollout_func.seconds]])
+                       if rollout_func is not None and trainer.accelerator.num_processes > 1 else None)
     trainer.save_model(str(adapter_dir))
     processor.save_pretrained(str(adapter_dir))
     metrics = _summary_metrics(trainer.state.log_history)
@@ -322,6 +327,7 @@ def train_grpo(
         "rollout": "static-graph" if rollout_func is not None else backend, "step_seconds": step_timer.seconds,
         "rollout_seconds": [round(t, 2) for t in rollout_func.seconds] if rollout_func is not None else None,
         "rollout_phase_seconds": rollout_func.phase_seconds if rollout_func is not None else None,
+        "rollout_seconds_by_rank": rollout_by_rank,
     })
     log.info("adapter written to %s after %d steps (final reward %s)", adapter_dir, outcome.global_step, metrics.get("reward"))
     return outcome

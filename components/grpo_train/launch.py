@@ -92,9 +92,12 @@ def training_cli_args(
     merge: bool = False,
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
+    rollout: str = "auto",
 ) -> list[str]:
     """The arguments of ``python -m components.grpo_train`` for these settings (no progress bar: logs only)."""
     args = ["--recipe", recipe, "--data-dir", str(data_dir), "--output-dir", str(output_dir), "--no-progress"]
+    if rollout != "auto":
+        args += ["--rollout", rollout]
     if model:
         args += ["--model", model]
     for override in overrides or []:
@@ -172,8 +175,10 @@ def train_on_this_machine(
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
     gpus: int | None = None,
+    rollout: str = "auto",
 ):
-    """Train on all GPUs here (``gpus``: default, every visible one); returns the ``TrainingOutcome``."""
+    """Train on all GPUs here (``gpus``: default, every visible one); returns the ``TrainingOutcome``.
+    ``rollout``: as ``train_grpo``'s."""
     gpus = visible_gpu_count() if gpus is None else gpus
     overrides = list(overrides or [])
     if gpus <= 1:
@@ -181,13 +186,15 @@ def train_on_this_machine(
         from components.grpo_train.core import train_grpo
 
         return train_grpo(recipe, data_dir, output_dir, model=model, overrides=overrides, merge=merge,
-                          token=resolve_hf_token(hf_token_secret or None), completion_sample_size=completion_sample_size)
+                          token=resolve_hf_token(hf_token_secret or None), completion_sample_size=completion_sample_size,
+                          rollout=rollout)
     data_parallel = data_parallel_overrides(load_recipe(recipe, overrides), gpus)
     log.info("%d GPUs: data-parallel training, one process per GPU (%s)", gpus, ", ".join(data_parallel))
     overrides += data_parallel
     run_torchrun(torchrun_command(
         training_cli_args(recipe, data_dir, output_dir, model=model, overrides=overrides, merge=merge,
-                          hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size),
+                          hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
+                          rollout=rollout),
         gpus,
     ))
     return outcome_from_outputs(output_dir)
