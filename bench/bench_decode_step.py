@@ -13,7 +13,7 @@ a new generator, as each rollout does. Options:
 
 On a GPU the report also checks that the graph computes what the eager step does (greedy tokens).
 
-    python bench/bench_decode_step.py --rows 64,128,256 --liger --profile --output bench/results/decode_step_liger_h100.json
+    python bench/bench_decode_step.py --rows 128,256 --liger --profile --output bench/results/decode_step_liger_h100.json
     python bench/bench_decode_step.py --rows 256 --backends EFFICIENT_ATTENTION,CUDNN_ATTENTION,MATH
     python bench/bench_decode_step.py --rows 64,256,384 --eager --eval-sampling
     python bench/bench_decode_step.py --tiny --rows 2,4 --steps 4 --eager    # CPU smoke run (no graph on CPU)

@@ -8,8 +8,9 @@ Python. Here the whole decode step (34 layers, sampling, EOS bookkeeping, mask u
 in a CUDA graph over a static cache and replayed, so a step costs what the GPU needs.
 
 The loop is plain PyTorch over the model's own modules (``language_model`` + ``lm_head``), with masks built
-here and passed as Gemma 3's per-layer-type dict (so the model builds none), and a cache of full-length
-static layers (sliding layers get a sliding-window mask instead of a rolling buffer). The prefill attends
+here and passed as Gemma 3's per-layer-type dict of additive biases (so the model builds none, and sdpa
+converts none in each layer), and a cache of full-length static layers (sliding layers get a sliding-window
+mask instead of a rolling buffer). The prefill attends
 only to the part of the cache filled so far; the captured decode step uses sdpa's mem-efficient kernel
 (``DECODE_ATTENTION_BACKENDS``). On CPU the same step runs eagerly: the unit tests check it token for token
 against ``model.generate`` (greedy).
