@@ -361,7 +361,10 @@ class StaticBatchGenerator:
         # torch.cuda.graph() would release the whole cache first ("free as much memory as we can"): with the
         # training step's blocks cached, that cost more than the capture itself, every rollout. The graph's own
         # pool needs about one step's transient memory: the cache is released only when the device lacks that.
+        # An earlier generator's graph pool stays reserved until such a release (the allocator frees unused graph
+        # pools only then), so in training the release still comes, once every several rollouts.
         if free_device_bytes(self.device, count_cached=False) < 2 * self.rows * sampling_bytes_per_row(self.text_config):
+            log.info("releasing the allocator's cached memory before the capture (the device is short of it)")
             torch.cuda.empty_cache()
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()

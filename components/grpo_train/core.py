@@ -306,13 +306,12 @@ def train_grpo(
     log.info("resuming from %s" % resume if resume else "no complete checkpoint found: starting from step 0")
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if preemption.preempted:
-        raise SystemExit("preempted: checkpoint saved; the retried task resumes from it")
-
-    # Every rank's rollout times (a collective: all ranks call it): a rank that samples slower holds the others
-    # at the next gather, which shows up as training time on rank 0.
+    # Every rank's rollout times: a rank that samples slower holds the others at the next gather, which shows up
+    # as training time on rank 0. A collective, so before any rank can leave on preemption.
     rollout_by_rank = (gather_object([[round(t, 2) for t in rollout_func.seconds]])
                        if rollout_func is not None and trainer.accelerator.num_processes > 1 else None)
+    if preemption.preempted:
+        raise SystemExit("preempted: checkpoint saved; the retried task resumes from it")
     trainer.save_model(str(adapter_dir))
     processor.save_pretrained(str(adapter_dir))
     metrics = _summary_metrics(trainer.state.log_history)
