@@ -177,6 +177,81 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
     assert len(calls) == 1  # not retried under MATH
 
 
+def test_capture_releases_the_cache_only_when_short_and_always_ends_the_capture(tiny, monkeypatch):
+    """The graph is recorded without torch.cuda.graph's unconditional cache release: the cache is released only
+    when the device lacks twice a step's transient memory. A step that fails mid-capture still ends the capture
+    and leaves no graph to replay. (CUDA stand-ins: on CPU the decode step runs where the capture would be.)"""
+    import contextlib
+
+    import torch
+
+    from components.common import generation
+
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer, TEXTS[:2])
+    events = []
+
+    class FakeStream:
+        def __init__(self, *args):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class FakeGraph:
+        def capture_begin(self):
+            events.append("begin")
+
+        def capture_end(self):
+            events.append("end")
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    free = {"bytes": 0}
+    monkeypatch.setattr(generation, "free_device_bytes", lambda device, count_cached: free["bytes"])
+
+    def generator():
+        return generation.StaticBatchGenerator(
+            model, rows=2, max_prompt_len=max(map(len, prompts)), pad_token_id=tokenizer.pad_token_id,
+            settings=generation.SamplingSettings(do_sample=False, max_new_tokens=8),
+            eos_token_ids=list(model.generation_config.eos_token_id), use_cuda_graph=False,
+            attention_backends=("EFFICIENT_ATTENTION", "MATH"))
+
+    step_bytes = 2 * generation.sampling_bytes_per_row(model.config.get_text_config())  # 2 rows
+    free["bytes"] = 2 * step_bytes  # just enough room for the graph's pool
+    plenty = generator()
+    plenty._capture()
+    assert events == ["begin", "end"]
+    assert isinstance(plenty.graph, FakeGraph) and plenty.attention_backend == "MATH"
+
+    events.clear()
+    free["bytes"] = 2 * step_bytes - 1
+    short = generator()
+    short._capture()
+    assert events == ["release", "begin", "end"]
+
+    events.clear()
+    free["bytes"] = 2 * step_bytes
+    failing = generator()
+    failing._allocate_cache()
+    failing._warm_up()  # the warm-up passes; the step then fails inside the capture
+    real_step = failing._decode_step
+
+    def step_failing_in_capture():
+        if "begin" in events:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        real_step()
+
+    failing._decode_step = step_failing_in_capture
+    with pytest.raises(RuntimeError, match="stream is capturing"):
+        failing._capture()
+    assert events == ["begin", "end"] and failing.graph is None
+
+
 def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory_cap(monkeypatch):
     """On a GPU the rollout's batch size comes from free memory: the card's free memory plus what this process
     has cached but not in use (no cache release before each rollout), within a per-process cap if one is set."""
