@@ -239,7 +239,8 @@ class StaticBatchGenerator:
         self.dtype = self.language_model.layers[0].self_attn.k_proj.weight.dtype  # what keys and values come out as
         self.bias_values = (torch.zeros((), dtype=self.dtype, device=dev),
                             torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=dev))
-        self.full_bias, self.sliding_bias = self._aligned_bias(self.full_mask.shape), self._aligned_bias(self.full_mask.shape)
+        self.full_bias = self._aligned_bias(self.full_mask.shape)
+        self.sliding_bias = self._aligned_bias(self.full_mask.shape) if self.sliding_window is not None else None
         self.output = torch.full((rows, settings.max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
         self.graph = None
         self.attention_backend: str | None = None  # the sdpa backend the graph was recorded under
