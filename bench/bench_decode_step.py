@@ -9,13 +9,16 @@ a new generator, as each rollout does. Options:
 - ``--backends``: also time the graph recorded under each of these sdpa backends alone;
 - ``--profile``: each step's kernels with their device time (torch.profiler sees replayed kernels);
 - ``--liger``: with Liger's kernels, as the GPU recipes run; ``--eval-sampling``: the evaluation's sampling
-  (T 0.7, top-p 0.9, top-k 64) instead of the rollout's (T 1.0).
+  (T 0.7, top-p 0.9, top-k 64) instead of the rollout's (T 1.0);
+- ``--fusions``: which sibling projections read as one matmul, a timing for each (``qkv``: the generator's
+  default; ``none``; ``qkv+gate_up``).
 
 On a GPU the report also checks that the graph computes what the eager step does (greedy tokens).
 
     python bench/bench_decode_step.py --rows 128,256 --liger --profile --output bench/results/decode_step_liger_h100.json
     python bench/bench_decode_step.py --rows 256 --backends EFFICIENT_ATTENTION,CUDNN_ATTENTION,MATH
     python bench/bench_decode_step.py --rows 64,256,384 --eager --eval-sampling
+    python bench/bench_decode_step.py --rows 128,256 --liger --fusions qkv,none,qkv+gate_up
     python bench/bench_decode_step.py --tiny --rows 2,4 --steps 4 --eager    # CPU smoke run (no graph on CPU)
 
 (A torch.compile'd step was measured with this script at commit 045a3d0 and removed: slower, see
@@ -31,6 +34,16 @@ import time
 from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync, write_report
 
 PROFILED_STEPS = 4
+FUSIONS = {"qkv": None, "none": (), "qkv+gate_up": "add"}  # None: the generator's default; "add": it plus gate/up
+
+
+def fused_projections(name: str):
+    from components.common.generation import FUSED_PROJECTIONS
+
+    choice = FUSIONS[name]
+    if choice is None:
+        return FUSED_PROJECTIONS
+    return FUSED_PROJECTIONS + (("mlp", ("gate_proj", "up_proj")),) if choice == "add" else choice
 
 
 def sampling_settings(new_tokens: int, eval_sampling: bool):
@@ -52,7 +65,7 @@ def _ms_per_step(step, steps: int) -> float:
 
 
 def time_decode_step(model, prompts, *, rows: int, settings, steps: int, backends=None, eager: bool = False,
-                     profile: bool = False) -> dict:
+                     profile: bool = False, fusion: str = "qkv") -> dict:
     """One new generator of ``rows`` rows: capture, prefill, then ms per replayed step (eager: per step run
     without the graph). Each timing starts from a fresh prefill, so the steps never outrun the cache."""
     import torch
@@ -63,8 +76,10 @@ def time_decode_step(model, prompts, *, rows: int, settings, steps: int, backend
     reset_peak()
     gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, batch)), settings=settings,
                                pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available(),
-                               attention_backends=backends or DECODE_ATTENTION_BACKENDS)
-    out: dict = {"rows": rows, "cache_len": gen.cache_len}
+                               attention_backends=backends or DECODE_ATTENTION_BACKENDS,
+                               fused_projections=fused_projections(fusion))
+    out: dict = {"rows": rows, "cache_len": gen.cache_len, "fusion": fusion, "fused_groups": len(gen.fused),
+                 "allocated_at_start_gib": round(torch.cuda.memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
     with torch.inference_mode():
         sync()
         started = time.perf_counter()
@@ -146,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also list each step's kernels (GPU)")
     parser.add_argument("--liger", action="store_true", help="with Liger's kernels applied, as the GPU recipes run (GPU)")
     parser.add_argument("--eval-sampling", action="store_true", help="the evaluation's sampling instead of the rollout's")
+    parser.add_argument("--fusions", default="qkv", help=f"comma-separated, of {', '.join(FUSIONS)}; the first fills 'steps'")
+    parser.add_argument("--blas", default="", help="torch.backends.cuda.preferred_blas_library for the whole run (cublas, cublaslt)")
     parser.add_argument("--output", default="bench_decode_step.json")
     args = parser.parse_args(argv)
+    fusions = [f for f in args.fusions.split(",") if f]
+    if not fusions or any(f not in FUSIONS for f in fusions):
+        parser.error(f"--fusions takes names from {', '.join(FUSIONS)}")
     if max(args.steps, PROFILED_STEPS) + 1 > args.new_tokens - 1:  # the prefill samples the first token
         parser.error(f"--steps {args.steps} needs --new-tokens of at least {max(args.steps, PROFILED_STEPS) + 2}")
 
@@ -157,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.blas:
+        torch.backends.cuda.preferred_blas_library(args.blas)
     model = build_model(args.tiny, device)
     if args.liger and device == "cuda":
         from components.common.modeling import apply_liger_kernels
@@ -166,16 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     prompts = make_prompts(max(rows_list), args.prompt_len, model.config.get_text_config().vocab_size)
     settings = sampling_settings(args.new_tokens, args.eval_sampling)
     report: dict = {**run_header(args.tiny), "liger": bool(args.liger and device == "cuda"),
-                    "sampling": "evaluation" if args.eval_sampling else "rollout", "new_tokens": args.new_tokens}
+                    "sampling": "evaluation" if args.eval_sampling else "rollout", "new_tokens": args.new_tokens,
+                    "blas": str(torch.backends.cuda.preferred_blas_library()) if device == "cuda" else None}
     if device == "cuda":
         report["greedy_graph_vs_eager_same"] = greedy_graph_vs_eager(model, prompts[:8])
-    points = []
-    for rows in rows_list:
-        points.append(time_decode_step(model, prompts, rows=rows, settings=settings, steps=args.steps,
-                                       eager=args.eager, profile=args.profile))
-        print(json.dumps({"decode_step": points[-1]}), flush=True)
-    report["steps"] = points
-    report["fit"] = fit_fixed_and_per_row(points)
+    by_fusion = {}
+    for fusion in fusions:
+        points = []
+        for rows in rows_list:
+            points.append(time_decode_step(model, prompts, rows=rows, settings=settings, steps=args.steps,
+                                           eager=args.eager, profile=args.profile, fusion=fusion))
+            print(json.dumps({"decode_step": points[-1]}), flush=True)
+        by_fusion[fusion] = {"steps": points, "fit": fit_fixed_and_per_row(points)}
+    report.update(by_fusion[fusions[0]])
+    if len(fusions) > 1:
+        report["by_fusion"] = by_fusion
     backends = [b for b in args.backends.split(",") if b]
     if backends and device != "cuda":
         report["by_backend"] = "GPU only: on CPU nothing is captured"

@@ -43,7 +43,7 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
     if prefill_chunk:  # 4 prompts in batches of 2 rows: prefilled 5 positions at a time
         monkeypatch.setattr(generation, "PREFILL_TOKENS", 2 * prefill_chunk)
     # Keys each attention layer reads: during prefill only the slots filled so far, while decoding the whole cache.
-    layer_class = generation._prefix_static_layer_class()
+    layer_class = generation._slot_static_layer_class()
     read_lengths = []
 
     def recording_update(self, *args, **kwargs):
@@ -117,6 +117,36 @@ def test_batches_are_even_and_longest_first():
     batches = _even_batches(list(range(1273)), 512)
     assert [len(b) for b in batches] == [425, 425, 423]  # one graph of 425 rows; the last batch is padded
     assert sum(batches, []) == list(range(1273))
+
+
+def test_fused_projections_give_each_its_own_projection_and_are_put_back(tiny):
+    """The generator reads q, k and v through one matmul (the greedy test above runs with it). Each member
+    returns what its projection computes, for its own input in any call order, and only while swapped in."""
+    import torch
+
+    from components.common.generation import SamplingSettings, StaticBatchGenerator
+
+    model, tokenizer = tiny
+    generator = StaticBatchGenerator(model, rows=2, max_prompt_len=8, settings=SamplingSettings(max_new_tokens=4),
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_ids=[1], use_cuda_graph=False)
+    layers = generator.language_model.layers
+    assert len(generator.fused) == len(layers)
+    attention = layers[0].self_attn
+    originals = (attention.q_proj, attention.k_proj, attention.v_proj)
+    x, other = torch.randn(2, 1, model.config.get_text_config().hidden_size), torch.randn(2, 1, model.config.get_text_config().hidden_size)
+    with torch.no_grad():
+        expected = [proj(x) for proj in originals]
+        with generator.fused[0].swapped_in():
+            assert attention.q_proj is not originals[0]
+            got_v = attention.v_proj(x)  # out of order
+            assert generator.fused[0].input is x  # q's and k's slices still to come
+            got_q, got_k = attention.q_proj(x), attention.k_proj(x)
+            assert generator.fused[0].input is None  # all three served: the layer's outputs are not held
+            got_k_other = attention.k_proj(other)  # another input: its own matmul
+    assert (attention.q_proj, attention.k_proj, attention.v_proj) == originals
+    for got, want in zip((got_q, got_k, got_v), expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_k_other, originals[1](other).detach())
 
 
 def test_decode_steps_on_the_blank_cache_before_the_prefill_change_nothing(tiny):

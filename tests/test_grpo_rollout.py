@@ -44,6 +44,27 @@ def test_merged_lora_weights_match_the_adapters_and_are_put_back(tiny_model_dir)
         torch.testing.assert_close(base(input_ids=ids).logits, with_adapters)
 
 
+def test_generation_fuses_projections_only_where_they_compute_a_plain_matmul(tiny_model_dir):
+    """Live adapters add to a projection: fusing it would drop them. Merged (the rollout) or switched off, the
+    projections are plain, and the fused weights are the merged ones."""
+    import torch
+
+    from components.common.generation import fusable_projections
+    from components.grpo_train.rollout import merged_lora_weights
+
+    peft_model = _peft_tiny(tiny_model_dir)
+    language_model = peft_model.get_base_model().model.language_model
+    assert fusable_projections(language_model) == []
+    with merged_lora_weights(peft_model):
+        groups = fusable_projections(language_model)
+        attention = language_model.layers[0].self_attn
+        merged_q = attention.q_proj.get_base_layer().weight.detach().clone()
+        assert len(groups) == len(language_model.layers) and torch.equal(groups[0][2][0], merged_q)
+    with peft_model.disable_adapter():
+        assert len(fusable_projections(language_model)) == len(language_model.layers)
+    assert not torch.equal(merged_q, attention.q_proj.get_base_layer().weight)  # the base weight is back
+
+
 def test_lora_inputs_skip_the_fp32_round_trip_under_bf16_autocast_with_identical_results(tiny_model_dir):
     import torch
     from peft import LoraConfig, get_peft_model

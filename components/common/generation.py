@@ -21,6 +21,7 @@ exponential race (argmax of p / Exp(1)), which is exact and needs no host synchr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -83,8 +84,9 @@ def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
     return 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * head_dim * dtype_bytes
 
 
-def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.9) -> int:
-    """Rows per batch from free device memory (static KV cache + sampling buffers per row); CPU: a fixed small batch."""
+def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.9, reserved_bytes: int = 0) -> int:
+    """Rows per batch from free device memory (static KV cache + sampling buffers per row), less ``reserved_bytes``
+    that the generator takes besides; CPU: a fixed small batch."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return max(1, min(CPU_BATCH, num_rows))
@@ -94,7 +96,7 @@ def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: fl
     per_row = cache_len * kv_bytes_per_token(text_config, dtype_bytes) + sampling_bytes_per_row(text_config)
     # Prefill activations of one chunk (MLP intermediates dominate), whatever the batch size.
     prefill = PREFILL_TOKENS * (3 * text_config.intermediate_size + 4 * text_config.hidden_size) * dtype_bytes
-    rows = (int(free * memory_fraction) - prefill) // per_row
+    rows = (int(free * memory_fraction) - prefill - reserved_bytes) // per_row
     return max(1, min(rows, MAX_AUTO_BATCH, num_rows))
 
 
@@ -128,25 +130,123 @@ def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
 
 
 @functools.cache
-def _prefix_static_layer_class():
-    """A transformers ``StaticLayer`` whose ``update`` can return only the first ``visible_length`` slots.
+def _slot_static_layer_class():
+    """A transformers ``StaticLayer`` written at the slots the generator sets, and read up to ``visible_length``.
 
-    The prefill sets it to the prompt width, so attention skips the empty rest of the cache; the captured
-    decode step reads the whole cache (``None``), its mask hiding what is not written yet.
+    ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer, 102 of a
+    decode step's kernels. Here the generator points every layer at one index tensor: the prefill chunk's
+    slots, or the decode step's write index. The prefill sets ``visible_length`` to the filled width, so
+    attention skips the empty rest of the cache; the captured decode step reads the whole cache (``None``),
+    its mask hiding what is not written yet.
     """
 
     from transformers.cache_utils import StaticLayer
 
-    class PrefixStaticLayer(StaticLayer):
+    class SlotStaticLayer(StaticLayer):
+        slots = None  # LongTensor: the cache slots that the next update writes
         visible_length: int | None = None
 
         def update(self, key_states, value_states, *args, **kwargs):
-            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.keys.index_copy_(2, self.slots, key_states)
+            self.values.index_copy_(2, self.slots, value_states)
             if self.visible_length is None:
-                return keys, values
-            return keys[:, :, : self.visible_length], values[:, :, : self.visible_length]
+                return self.keys, self.values
+            return self.keys[:, :, : self.visible_length], self.values[:, :, : self.visible_length]
 
-    return PrefixStaticLayer
+    return SlotStaticLayer
+
+
+# Sibling projections that the generator reads as one matmul: (the layer's submodule, its projections). In a
+# decode step the k and v matmuls are too small to use the GPU (~0.8 TB/s of an H100's 3.35; q at ~1.4).
+FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("self_attn", ("q_proj", "k_proj", "v_proj")),)
+
+
+def _plain_linear_weight(module):
+    """The weight of the bias-free linear map that ``module`` computes now, or None if it computes more
+    (a live LoRA adapter, a bias, a quantized layer)."""
+    import torch
+
+    if hasattr(module, "get_base_layer"):  # a PEFT adapter layer: plain only while its adapters are off
+        if not (module.disable_adapters or module.merged):
+            return None
+        module = module.get_base_layer()
+    if type(module) is not torch.nn.Linear or module.bias is not None:
+        return None
+    return module.weight
+
+
+def fusable_projections(language_model, groups=FUSED_PROJECTIONS) -> list[tuple]:
+    """``(parent, names, weights)`` for every group in every decoder layer whose projections are all plain."""
+    found = []
+    for layer in language_model.layers:
+        for parent_name, names in groups:
+            parent = getattr(layer, parent_name, None)
+            weights = [_plain_linear_weight(getattr(parent, name, None)) for name in names]
+            if parent is not None and all(w is not None for w in weights):
+                found.append((parent, names, weights))
+    return found
+
+
+class _FusedProjections:
+    """Sibling projections as one matmul over their concatenated weights; each member returns its slice.
+
+    The members replace the projections only while the generator runs the model (``swapped_in``). A member
+    called with an input the group has not seen runs the whole matmul on it, so each returns its own
+    projection of its own input, whatever the call order. The concatenated weights are a copy, made when the
+    generator is built: the rollout builds it inside the LoRA merge, so it holds the merged weights.
+    """
+
+    def __init__(self, parent, names, weights):
+        import torch
+
+        self.parent, self.names = parent, names
+        self.weight = torch.cat([w.detach() for w in weights])
+        self.sizes = [w.shape[0] for w in weights]
+        self.input = self.outputs = None
+        self.waiting: set[int] = set()
+        self.members = [_fused_member_class()(self, index) for index in range(len(names))]
+
+    def output(self, x, index: int):
+        import torch
+
+        if self.input is not x:
+            self.input, self.outputs = x, torch.nn.functional.linear(x, self.weight).split(self.sizes, dim=-1)
+            self.waiting = set(range(len(self.sizes)))
+        output = self.outputs[index]
+        self.waiting.discard(index)
+        if not self.waiting:  # every member has its slice: hold nothing (a prefill chunk's are ~0.4 GB a layer)
+            self.input = self.outputs = None
+        return output
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        originals = [getattr(self.parent, name) for name in self.names]
+        try:
+            for name, member in zip(self.names, self.members):
+                setattr(self.parent, name, member)
+            yield
+        finally:
+            for name, original in zip(self.names, originals):
+                setattr(self.parent, name, original)
+            self.input = self.outputs = None
+
+
+@functools.cache
+def _fused_member_class():
+    """A module (the model's attributes take only modules) standing for one projection of a fused group."""
+    import torch
+
+    class FusedMember(torch.nn.Module):
+        def __init__(self, group, index):
+            super().__init__()
+            self.group, self.index = group, index  # the group is no module: not registered as a submodule
+
+        def forward(self, x):
+            return self.group.output(x, self.index)
+
+    return FusedMember
 
 
 class _Sampler:
@@ -200,6 +300,7 @@ class StaticBatchGenerator:
         eos_token_ids: Sequence[int],
         use_cuda_graph: bool | None = None,
         attention_backends: Sequence[str] | None = DECODE_ATTENTION_BACKENDS,
+        fused_projections=FUSED_PROJECTIONS,
     ):
         import torch
         from transformers.cache_utils import Cache
@@ -216,10 +317,11 @@ class StaticBatchGenerator:
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
         self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
         self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
+        self.fused = [_FusedProjections(*group) for group in fusable_projections(self.language_model, fused_projections)]
         window = getattr(self.text_config, "sliding_window", None)
         self.sliding_window = window if window and window < self.cache_len else None
         # One full-length static layer per decoder layer; sliding layers are handled by their mask.
-        layer_class = _prefix_static_layer_class()
+        layer_class = _slot_static_layer_class()
         self.cache = Cache(layers=[layer_class(max_cache_len=self.cache_len) for _ in range(self.text_config.num_hidden_layers)])
         params = inspect.signature(self.language_model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -232,6 +334,7 @@ class StaticBatchGenerator:
         self.position = torch.zeros(rows, dtype=torch.long, device=dev)
         self.write_index = torch.zeros(1, dtype=torch.long, device=dev)  # cache slot of the token being fed
         self.step_index = torch.zeros(1, dtype=torch.long, device=dev)  # output column of the token being sampled
+        self._point_cache(self.write_index, None)
         self.finished = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.full_mask = torch.zeros(rows, 1, 1, L, dtype=torch.bool, device=dev)
         self.sliding_mask = torch.zeros_like(self.full_mask)
@@ -249,13 +352,16 @@ class StaticBatchGenerator:
 
     # -- one batch ---------------------------------------------------------------------------------------
     def _forward(self, input_ids, position_ids, masks):
-        outputs = self.language_model(
-            input_ids=input_ids,
-            attention_mask=masks,
-            position_ids=position_ids,
-            use_cache=True,
-            **{self.cache_kwarg: self.cache},
-        )
+        with contextlib.ExitStack() as fused:
+            for group in self.fused:
+                fused.enter_context(group.swapped_in())
+            outputs = self.language_model(
+                input_ids=input_ids,
+                attention_mask=masks,
+                position_ids=position_ids,
+                use_cache=True,
+                **{self.cache_kwarg: self.cache},
+            )
         return self.lm_head(outputs.last_hidden_state[:, -1, :]).float()
 
     def _record(self, token):
@@ -292,9 +398,9 @@ class StaticBatchGenerator:
         try:
             for start in range(0, width, chunk):
                 stop = min(width, start + chunk)
-                # Attention reads only the slots filled so far (the cache is mostly empty during prefill).
-                self._show_cache_prefix(stop)
                 query_index = torch.arange(start, stop, device=dev)
+                # Attention reads only the slots filled so far (the cache is mostly empty during prefill).
+                self._point_cache(query_index, stop)
                 causal = self.key_index[None, :stop] <= query_index[:, None]  # [q, stop]
                 full = self.full_mask[..., :stop] & causal[None, None]
                 sliding = self._sliding(full, query_index[:, None], stop)
@@ -303,7 +409,7 @@ class StaticBatchGenerator:
                 masks = {"full_attention": full_bias, "sliding_attention": sliding_bias}
                 logits = self._forward(ids[:, start:stop], positions[:, start:stop], masks)
         finally:
-            self._show_cache_prefix(None)
+            self._point_cache(self.write_index, None)
         self._record(self.sampler(logits))
         self.position.copy_(real.sum(-1))
         self.write_index.fill_(width)
@@ -325,9 +431,10 @@ class StaticBatchGenerator:
 
         return torch.where(mask, *self.bias_values, out=self._aligned_bias(mask.shape) if out is None else out)
 
-    def _show_cache_prefix(self, length: int | None):
+    def _point_cache(self, slots, visible_length: int | None):
+        """Where every cache layer writes next, and how much of it attention reads (None: all)."""
         for layer in self.cache.layers:
-            layer.visible_length = length
+            layer.slots, layer.visible_length = slots, visible_length
 
     def _sliding(self, full, query_index, length: int):
         if self.sliding_window is None:
@@ -379,15 +486,15 @@ class StaticBatchGenerator:
         self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
 
     def _warm_up(self) -> str | None:
-        """Two decode steps (cuBLAS handles, allocator pools, Triton kernels compiled) on the first backend of
-        ``attention_backends`` that takes the step, enabled alone: under the whole list as a priority order, the
-        first graph of a process recorded cuDNN's kernel (H100, torch 2.11; bench/bench_decode_step.py)."""
+        """One decode step (cuBLAS's workspace for the side stream, allocator pools, Triton kernels compiled) on
+        the first backend of ``attention_backends`` that takes the step, enabled alone: under the whole list as a
+        priority order, the first graph of a process recorded cuDNN's kernel (H100, torch 2.11;
+        bench/bench_decode_step.py)."""
         choices = list(self.attention_backends) if self.attention_backends else [None]
         for backend in choices:
             try:
                 with attention_kernel(backend):
-                    for _ in range(2):
-                        self._decode_step()
+                    self._decode_step()
             except RuntimeError as error:
                 if not any(text in str(error) for text in NO_ATTENTION_KERNEL) or backend == choices[-1]:
                     raise
@@ -482,7 +589,8 @@ def generate_completions(
         torch.manual_seed(seed)
     max_prompt_len = max(len(p) for p in prompts)
     cache_len = max_prompt_len + settings.max_new_tokens
-    rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts))
+    fused_bytes = sum(w.numel() * w.element_size() for *_, weights in fusable_projections(model.model.language_model) for w in weights)
+    rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts), reserved_bytes=fused_bytes)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = _even_batches(order, rows)
     generator = StaticBatchGenerator(
