@@ -207,10 +207,12 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
     assert len(calls) == 1  # not retried under MATH
 
 
-def test_capture_releases_the_cache_only_when_short_and_always_ends_the_capture(tiny, monkeypatch):
+def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_ends_the_capture(tiny, monkeypatch):
     """The graph is recorded without torch.cuda.graph's unconditional cache release: the cache is released only
-    when the device lacks twice a step's transient memory. A step that fails mid-capture still ends the capture
-    and leaves no graph to replay. (CUDA stand-ins: on CPU the decode step runs where the capture would be.)"""
+    when the device lacks twice a step's transient memory. Only the first generator of its kind in the process
+    warms up; a later one whose recording fails warms up and records again. A recording that fails after a
+    warm-up still ends the capture and leaves no graph to replay. (CUDA stand-ins: on CPU the decode step runs
+    where the capture would be.)"""
     import contextlib
 
     import torch
@@ -241,12 +243,21 @@ def test_capture_releases_the_cache_only_when_short_and_always_ends_the_capture(
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(generation, "_RECORDING_STREAMS", {})
+    monkeypatch.setattr(generation, "_WARMED_UP", {})
     free = {"bytes": 0}
     monkeypatch.setattr(generation, "free_device_bytes", lambda device, count_cached: free["bytes"])
+    warm_up = generation.StaticBatchGenerator._warm_up
 
-    def generator():
+    def logged_warm_up(self):
+        events.append("warm-up")
+        return warm_up(self)
+
+    monkeypatch.setattr(generation.StaticBatchGenerator, "_warm_up", logged_warm_up)
+
+    def generator(rows=2):
         return generation.StaticBatchGenerator(
-            model, rows=2, max_prompt_len=max(map(len, prompts)), pad_token_id=tokenizer.pad_token_id,
+            model, rows=rows, max_prompt_len=max(map(len, prompts)), pad_token_id=tokenizer.pad_token_id,
             settings=generation.SamplingSettings(do_sample=False, max_new_tokens=8),
             eos_token_ids=list(model.generation_config.eos_token_id), use_cuda_graph=False,
             attention_backends=("EFFICIENT_ATTENTION", "MATH"))
@@ -255,31 +266,41 @@ def test_capture_releases_the_cache_only_when_short_and_always_ends_the_capture(
     free["bytes"] = 2 * step_bytes  # just enough room for the graph's pool
     plenty = generator()
     plenty._capture()
-    assert events == ["begin", "end"]
+    assert events == ["warm-up", "begin", "end"]
     assert isinstance(plenty.graph, FakeGraph) and plenty.attention_backend == "MATH"
 
     events.clear()
     free["bytes"] = 2 * step_bytes - 1
-    short = generator()
+    short = generator()  # the same kind: no warm-up, the backend the first one found
     short._capture()
-    assert events == ["release", "begin", "end"]
+    assert events == ["release", "begin", "end"] and short.attention_backend == "MATH"
+
+    def failing_in_first_capture(gen):
+        real_step = gen._decode_step
+        captures = []
+
+        def step():
+            if events and events[-1] == "begin":
+                captures.append(1)
+                if len(captures) == 1:
+                    raise RuntimeError("operation not permitted when stream is capturing")
+            real_step()
+
+        gen._decode_step = step
+        return gen
 
     events.clear()
     free["bytes"] = 2 * step_bytes
-    failing = generator()
-    failing._allocate_cache()
-    failing._warm_up()  # the warm-up passes; the step then fails inside the capture
-    real_step = failing._decode_step
+    recovering = failing_in_first_capture(generator())  # warmed-up kind: fails, warms up, records again
+    recovering._capture()
+    assert events == ["begin", "end", "warm-up", "begin", "end"] and isinstance(recovering.graph, FakeGraph)
 
-    def step_failing_in_capture():
-        if "begin" in events:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        real_step()
-
-    failing._decode_step = step_failing_in_capture
+    events.clear()
+    free["bytes"] = 10 * step_bytes
+    failing = failing_in_first_capture(generator(rows=3))  # a new kind: warmed up, so the failure is final
     with pytest.raises(RuntimeError, match="stream is capturing"):
         failing._capture()
-    assert events == ["begin", "end"] and failing.graph is None
+    assert events == ["warm-up", "begin", "end"] and failing.graph is None
 
 
 def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory_cap(monkeypatch):

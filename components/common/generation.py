@@ -286,6 +286,12 @@ class _Sampler:
         return indices.gather(-1, choice).squeeze(-1)
 
 
+# Per process: each device's side stream that decode graphs are recorded on (one, so that cuBLAS sets up its
+# workspace for it once), and the kinds of decode step already warmed up on it, with their sdpa backend.
+_RECORDING_STREAMS: dict = {}
+_WARMED_UP: dict = {}
+
+
 class StaticBatchGenerator:
     """Generates for batches of ``rows`` prompts of at most ``max_prompt_len`` tokens, reusing one cache and graph."""
 
@@ -317,6 +323,7 @@ class StaticBatchGenerator:
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
         self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
         self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
+        self.fused_projections = tuple(fused_projections)
         self.fused = [_FusedProjections(*group) for group in fusable_projections(self.language_model, fused_projections)]
         window = getattr(self.text_config, "sliding_window", None)
         self.sliding_window = window if window and window < self.cache_len else None
@@ -458,14 +465,26 @@ class StaticBatchGenerator:
 
     def _capture(self):
         """Record the decode step. It runs on whatever state is there (values don't matter, shapes and addresses
-        do); the prefill that follows resets it, so no prompt is prefilled twice."""
+        do); the prefill that follows resets it, so no prompt is prefilled twice.
+
+        The first generator of its kind in a process warms the step up first (one eager step, ~1/3 of the
+        capture's time); later ones, as each training step's rollout, record on the same side stream straight
+        away, and warm up only if that recording fails."""
         import torch
 
         self._allocate_cache()
-        stream = torch.cuda.Stream(self.device)
+        stream = _RECORDING_STREAMS.get(self.device)
+        if stream is None:
+            stream = _RECORDING_STREAMS[self.device] = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            backend = self._warm_up()
+        kind = (self.device, self.rows, id(self.language_model), self.settings, self.fused_projections,
+                tuple(self.attention_backends or ()))
+        warmed_up = kind in _WARMED_UP
+        if warmed_up:
+            backend = _WARMED_UP[kind]
+        else:
+            with torch.cuda.stream(stream):
+                backend = self._warm_up()
         # torch.cuda.graph() would release the whole cache first ("free as much memory as we can"): with the
         # training step's blocks cached, that cost more than the capture itself, every rollout. The graph's own
         # pool needs about one step's transient memory: the cache is released only when the device lacks that.
@@ -474,6 +493,22 @@ class StaticBatchGenerator:
         if free_device_bytes(self.device, count_cached=False) < 2 * self.rows * sampling_bytes_per_row(self.text_config):
             log.info("releasing the allocator's cached memory before the capture (the device is short of it)")
             torch.cuda.empty_cache()
+        try:
+            graph = self._record_graph(stream, backend)
+        except RuntimeError as error:
+            if not warmed_up:
+                raise
+            log.warning("recording the decode step without a warm-up failed (%s): warming up, recording again",
+                        str(error).splitlines()[0][:200])
+            with torch.cuda.stream(stream):
+                backend = self._warm_up()
+            graph = self._record_graph(stream, backend)
+        _WARMED_UP[kind] = backend
+        self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
+
+    def _record_graph(self, stream, backend):
+        import torch
+
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         # The kernel choice is recorded in the graph: it holds for every replay.
@@ -483,7 +518,7 @@ class StaticBatchGenerator:
                 self._decode_step()
             finally:
                 graph.capture_end()
-        self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
+        return graph
 
     def _warm_up(self) -> str | None:
         """One decode step (cuBLAS's workspace for the side stream, allocator pools, Triton kernels compiled) on
