@@ -262,22 +262,11 @@ def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_end
             eos_token_ids=list(model.generation_config.eos_token_id), use_cuda_graph=False,
             attention_backends=("EFFICIENT_ATTENTION", "MATH"))
 
-    blas = {"library": "cublas"}
-
-    def preferred_blas_library(name=None):
-        if name is not None:
-            events.append(f"blas {name}")
-            blas["library"] = name
-        return blas["library"]
-
-    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", preferred_blas_library)
-
     step_bytes = 2 * generation.sampling_bytes_per_row(model.config.get_text_config())  # 2 rows
     free["bytes"] = 2 * step_bytes  # just enough room for the graph's pool
     plenty = generator()
-    plenty.decode_blas = "cublaslt"  # what a generator of up to 128 rows on a GPU records with
     plenty._capture()
-    assert events == ["blas cublaslt", "warm-up", "begin", "end", "blas cublas"]
+    assert events == ["warm-up", "begin", "end"]
     assert isinstance(plenty.graph, FakeGraph) and plenty.attention_backend == "MATH"
 
     events.clear()
@@ -312,21 +301,6 @@ def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_end
     with pytest.raises(RuntimeError, match="stream is capturing"):
         failing._capture()
     assert events == ["warm-up", "begin", "end"] and failing.graph is None
-
-
-def test_decode_steps_of_up_to_128_rows_are_recorded_with_cublaslt(tiny):
-    from components.common.generation import CUBLASLT_MAX_ROWS, SamplingSettings, StaticBatchGenerator
-
-    model, tokenizer = tiny
-
-    def decode_blas(rows, use_cuda_graph):
-        return StaticBatchGenerator(model, rows=rows, max_prompt_len=4, settings=SamplingSettings(max_new_tokens=2),
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_ids=[1],
-                                    use_cuda_graph=use_cuda_graph).decode_blas
-
-    assert decode_blas(CUBLASLT_MAX_ROWS, True) == "cublaslt"
-    assert decode_blas(CUBLASLT_MAX_ROWS + 1, True) is None
-    assert decode_blas(2, False) is None  # no graph (CPU): nothing to choose
 
 
 def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory_cap(monkeypatch):

@@ -286,29 +286,6 @@ class _Sampler:
         return indices.gather(-1, choice).squeeze(-1)
 
 
-# Decode steps of up to this many rows are recorded with cuBLASLt's matmuls, which are faster there than
-# cuBLAS's (128 rows: H100 11.58 -> 11.46 ms a step, H200 9.04 -> 8.99 ms) and no faster at 256 rows
-# (bench/bench_decode_step.py --blas).
-CUBLASLT_MAX_ROWS = 128
-
-
-@contextlib.contextmanager
-def blas_library(name: str | None):
-    """Context: torch's matmuls go through this BLAS library (``torch.backends.cuda.preferred_blas_library``);
-    None: as set."""
-    import torch
-
-    if name is None:
-        yield
-        return
-    previous = torch.backends.cuda.preferred_blas_library()
-    torch.backends.cuda.preferred_blas_library(name)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.preferred_blas_library(previous)
-
-
 # Per process: each device's side stream that decode graphs are recorded on (one, so that cuBLAS sets up its
 # workspace for it once), and the kinds of decode step already warmed up on it, with their sdpa backend.
 _RECORDING_STREAMS: dict = {}
@@ -345,7 +322,6 @@ class StaticBatchGenerator:
         self.pad_token_id = pad_token_id
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
         self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
-        self.decode_blas = "cublaslt" if self.use_cuda_graph and rows <= CUBLASLT_MAX_ROWS else None
         self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
         self.fused_projections = tuple(fused_projections)
         self.fused = [_FusedProjections(*group) for group in fusable_projections(self.language_model, fused_projections)]
@@ -497,41 +473,37 @@ class StaticBatchGenerator:
         import torch
 
         self._allocate_cache()
-        # The matmul library is chosen when the step is recorded: the graph keeps its kernels.
-        with blas_library(self.decode_blas):
-            stream = _RECORDING_STREAMS.get(self.device)
-            if stream is None:
-                stream = _RECORDING_STREAMS[self.device] = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            kind = (self.device, self.rows, id(self.language_model), self.settings, self.fused_projections,
-                    tuple(self.attention_backends or ()))
-            warmed_up = kind in _WARMED_UP
-            if warmed_up:
-                backend = _WARMED_UP[kind]
-            else:
-                with torch.cuda.stream(stream):
-                    backend = self._warm_up()
-            # torch.cuda.graph() would release the whole cache first ("free as much memory as we can"): with
-            # the training step's blocks cached, that cost more than the capture itself, every rollout. The
-            # graph's own pool needs about one step's transient memory: the cache is released only when the
-            # device lacks that. An earlier generator's graph pool stays reserved until such a release (the
-            # allocator frees unused graph pools only then), so in training the release still comes, once every
-            # several rollouts.
-            step_bytes = self.rows * sampling_bytes_per_row(self.text_config)
-            if free_device_bytes(self.device, count_cached=False) < 2 * step_bytes:
-                log.info("releasing the allocator's cached memory before the capture (the device is short of it)")
-                torch.cuda.empty_cache()
-            try:
-                graph = self._record_graph(stream, backend)
-            except RuntimeError as error:
-                if not warmed_up:
-                    raise
-                log.warning("recording the decode step without a warm-up failed (%s): warming up, recording "
-                            "again", str(error).splitlines()[0][:200])
-                with torch.cuda.stream(stream):
-                    backend = self._warm_up()
-                graph = self._record_graph(stream, backend)
-            _WARMED_UP[kind] = backend
+        stream = _RECORDING_STREAMS.get(self.device)
+        if stream is None:
+            stream = _RECORDING_STREAMS[self.device] = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        kind = (self.device, self.rows, id(self.language_model), self.settings, self.fused_projections,
+                tuple(self.attention_backends or ()))
+        warmed_up = kind in _WARMED_UP
+        if warmed_up:
+            backend = _WARMED_UP[kind]
+        else:
+            with torch.cuda.stream(stream):
+                backend = self._warm_up()
+        # torch.cuda.graph() would release the whole cache first ("free as much memory as we can"): with the
+        # training step's blocks cached, that cost more than the capture itself, every rollout. The graph's own
+        # pool needs about one step's transient memory: the cache is released only when the device lacks that.
+        # An earlier generator's graph pool stays reserved until such a release (the allocator frees unused graph
+        # pools only then), so in training the release still comes, once every several rollouts.
+        if free_device_bytes(self.device, count_cached=False) < 2 * self.rows * sampling_bytes_per_row(self.text_config):
+            log.info("releasing the allocator's cached memory before the capture (the device is short of it)")
+            torch.cuda.empty_cache()
+        try:
+            graph = self._record_graph(stream, backend)
+        except RuntimeError as error:
+            if not warmed_up:
+                raise
+            log.warning("recording the decode step without a warm-up failed (%s): warming up, recording again",
+                        str(error).splitlines()[0][:200])
+            with torch.cuda.stream(stream):
+                backend = self._warm_up()
+            graph = self._record_graph(stream, backend)
+        _WARMED_UP[kind] = backend
         self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
 
     def _record_graph(self, stream, backend):
