@@ -37,9 +37,8 @@ def unsupported_reason(config) -> str | None:
 def merged_lora_weights(peft_model):
     """Inside: adapters off and each LoRA linear of the language model computing with W + scaling * B @ A.
 
-    The merged weights are new tensors: W + scaling * B @ A summed in fp32 and rounded once to W's dtype, with
-    no fp32 copy of W (12 bytes of memory traffic a weight instead of 20). The originals are put back on exit.
-    Yields False (and changes nothing) where an adapter is not a plain LoRA linear (DoRA, ...).
+    The merged weights are new tensors (fp32 sum, one rounding to the weight dtype); the originals are put
+    back on exit. Yields False (and changes nothing) where an adapter is not a plain LoRA linear (DoRA, ...).
     """
     import torch
     from peft.tuners.lora import Linear as LoraLinear
@@ -56,18 +55,14 @@ def merged_lora_weights(peft_model):
         with torch.no_grad():
             for layer in layers:
                 base = layer.get_base_layer()
-                delta, alpha = None, 1.0  # the adapters' sum in fp32 is alpha * delta
+                merged = base.weight.float()
                 for name in layer.active_adapters:
                     if name in layer.lora_A:
-                        b, a = layer.lora_B[name].weight.float(), layer.lora_A[name].weight.float()
-                        if delta is None:
-                            delta, alpha = torch.mm(b, a), layer.scaling[name]
-                        else:
-                            delta.addmm_(b, a, alpha=layer.scaling[name] / alpha)
+                        merged = merged.addmm(layer.lora_B[name].weight.float(), layer.lora_A[name].weight.float(),
+                                              alpha=layer.scaling[name])
                 saved.append((base.weight, base.weight.data))
-                if delta is not None:  # added in fp32 (the wider of the two), rounded once into W's dtype
-                    base.weight.data = torch.add(base.weight.data, delta, alpha=alpha, out=torch.empty_like(base.weight.data))
-                del delta
+                base.weight.data = merged.to(base.weight.dtype)
+                del merged
         with peft_model.disable_adapter():
             yield True
     finally:
