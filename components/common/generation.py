@@ -9,11 +9,11 @@ in a CUDA graph over a static cache and replayed, so a step costs what the GPU n
 
 The loop is plain PyTorch over the model's own modules (``language_model`` + ``lm_head``), with masks built
 here and passed as Gemma 3's per-layer-type dict of additive biases (so the model builds none, and sdpa
-converts none in each layer), and a cache of full-length static layers (sliding layers get a sliding-window
-mask instead of a rolling buffer). The prefill attends
-only to the part of the cache filled so far; the captured decode step uses sdpa's mem-efficient kernel
-(``DECODE_ATTENTION_BACKENDS``). On CPU the same step runs eagerly: the unit tests check it token for token
-against ``model.generate`` (greedy).
+converts none in each layer), a cache of full-length static layers written at slots set here (sliding layers
+get a sliding-window mask instead of a rolling buffer), and each layer's q, k and v projections read as one
+matmul (``FUSED_PROJECTIONS``). The prefill attends only to the part of the cache filled so far; the captured
+decode step uses sdpa's mem-efficient kernel (``DECODE_ATTENTION_BACKENDS``). On CPU the same step runs
+eagerly: the unit tests check it token for token against ``model.generate`` (greedy).
 
 Sampling follows ``generate``'s order: temperature, then top-k, then top-p; a token is drawn by the
 exponential race (argmax of p / Exp(1)), which is exact and needs no host synchronisation.
@@ -354,7 +354,7 @@ class StaticBatchGenerator:
         self.output = torch.full((rows, settings.max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
         self.graph = None
         self.attention_backend: str | None = None  # the sdpa backend the graph was recorded under
-        # Wall time per phase over all batches; "capture" includes allocating the cache and the warm-up steps.
+        # Wall time per phase over all batches; "capture" includes allocating the cache and any warm-up step.
         self.seconds = {"capture": 0.0, "prefill": 0.0, "decode": 0.0}
 
     # -- one batch ---------------------------------------------------------------------------------------
