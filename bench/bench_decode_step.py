@@ -34,16 +34,12 @@ import time
 from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync, write_report
 
 PROFILED_STEPS = 4
-FUSIONS = {"qkv": None, "none": (), "qkv+gate_up": "add"}  # None: the generator's default; "add": it plus gate/up
-
-
-def fused_projections(name: str):
-    from components.common.generation import FUSED_PROJECTIONS
-
-    choice = FUSIONS[name]
-    if choice is None:
-        return FUSED_PROJECTIONS
-    return FUSED_PROJECTIONS + (("mlp", ("gate_proj", "up_proj")),) if choice == "add" else choice
+# --fusions: the sibling projections each variant reads as one matmul ("qkv": the generator's default).
+FUSIONS = {
+    "qkv": (("self_attn", ("q_proj", "k_proj", "v_proj")),),
+    "none": (),
+    "qkv+gate_up": (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj"))),
+}
 
 
 def sampling_settings(new_tokens: int, eval_sampling: bool):
@@ -77,8 +73,8 @@ def time_decode_step(model, prompts, *, rows: int, settings, steps: int, backend
     gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, batch)), settings=settings,
                                pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available(),
                                attention_backends=backends or DECODE_ATTENTION_BACKENDS,
-                               fused_projections=fused_projections(fusion))
-    out: dict = {"rows": rows, "cache_len": gen.cache_len, "fusion": fusion, "fused_groups": len(gen.fused),
+                               fused_projections=FUSIONS[fusion])
+    out: dict = {"rows": rows, "cache_len": gen.cache_len, "fusion": fusion, "fused_groups": len(gen.fused_groups),
                  "allocated_at_start_gib": round(torch.cuda.memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
     with torch.inference_mode():
         sync()
@@ -131,22 +127,31 @@ def fit_fixed_and_per_row(points: list[dict]) -> dict:
     return {"fixed_ms": round(mean_y - per_row * mean_x, 3), "per_row_ms": round(per_row, 5)}
 
 
-def greedy_graph_vs_eager(model, prompts, *, new_tokens: int = 32) -> dict:
-    """Greedy tokens (and whole rows) the captured step produces that the eager one produces too. Both runs,
-    prefill included, use the sdpa backend the graph is recorded under (the first of the list: this check is
-    for cards that have it). On random-init weights the top two logits can be near-tied, so another kernel's
-    rounding may pick the other one, and the row goes its own way."""
-    from components.common.generation import DECODE_ATTENTION_BACKENDS, SamplingSettings, attention_kernel, generate_completions
+def greedy_agreement(model, prompts, *, new_tokens: int = 32) -> dict:
+    """Greedy tokens (and whole rows) the captured step produces that the eager step, and the captured step
+    without fused projections, produce too. Every run, prefill included, uses the sdpa backend the graph is
+    recorded under (the first of the list: this check is for cards that have it). On random-init weights the
+    top two logits can be near-tied, so another kernel's rounding may pick the other one, and the row goes its
+    own way; a wrong step would differ in every row from the first token."""
+    from components.common.generation import (DECODE_ATTENTION_BACKENDS, FUSED_PROJECTIONS, SamplingSettings,
+                                              StaticBatchGenerator, attention_kernel)
 
-    greedy = SamplingSettings(do_sample=False, max_new_tokens=new_tokens)
+    def greedy(use_cuda_graph=True, fused_projections=FUSED_PROJECTIONS):
+        generator = StaticBatchGenerator(model, rows=len(prompts), max_prompt_len=max(map(len, prompts)),
+                                         settings=SamplingSettings(do_sample=False, max_new_tokens=new_tokens),
+                                         pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=use_cuda_graph,
+                                         fused_projections=fused_projections)
+        return [r.token_ids for r in generator.generate(prompts)]
+
+    def agreement(ours, other):
+        same = sum(a == b for x, y in zip(ours, other) for a, b in zip(x, y))
+        return {"tokens": f"{same}/{sum(map(len, other))}",
+                "rows": f"{sum(x == y for x, y in zip(ours, other))}/{len(other)}", "backend": backend}
+
     backend = DECODE_ATTENTION_BACKENDS[0]
     with attention_kernel(backend):
-        graph, eager = (generate_completions(model, prompts, settings=greedy, pad_token_id=PAD_ID, eos_token_ids=EOS_IDS,
-                                             use_cuda_graph=flag) for flag in (True, False))
-    same = sum(a == b for x, y in zip(graph, eager) for a, b in zip(x.token_ids, y.token_ids))
-    return {"tokens": f"{same}/{sum(len(x.token_ids) for x in eager)}",
-            "rows": f"{sum(x.token_ids == y.token_ids for x, y in zip(graph, eager))}/{len(eager)}",
-            "backend": backend}
+        graph, eager, unfused = greedy(), greedy(use_cuda_graph=False), greedy(fused_projections=())
+    return {"graph_vs_eager": agreement(graph, eager), "fused_vs_unfused": agreement(graph, unfused)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                     "sampling": "evaluation" if args.eval_sampling else "rollout", "new_tokens": args.new_tokens,
                     "blas": str(torch.backends.cuda.preferred_blas_library()) if device == "cuda" else None}
     if device == "cuda":
-        report["greedy_graph_vs_eager_same"] = greedy_graph_vs_eager(model, prompts[:8])
+        agreement = greedy_agreement(model, prompts[:8])
+        report["greedy_graph_vs_eager_same"] = agreement["graph_vs_eager"]
+        report["greedy_fused_vs_unfused_same"] = agreement["fused_vs_unfused"]
     by_fusion = {}
     for fusion in fusions:
         points = []

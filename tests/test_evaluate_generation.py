@@ -130,18 +130,18 @@ def test_fused_projections_give_each_its_own_projection_and_are_put_back(tiny):
     generator = StaticBatchGenerator(model, rows=2, max_prompt_len=8, settings=SamplingSettings(max_new_tokens=4),
                                      pad_token_id=tokenizer.pad_token_id, eos_token_ids=[1], use_cuda_graph=False)
     layers = generator.language_model.layers
-    assert len(generator.fused) == len(layers)
+    assert len(generator.fused_groups) == len(layers)
     attention = layers[0].self_attn
     originals = (attention.q_proj, attention.k_proj, attention.v_proj)
     x, other = torch.randn(2, 1, model.config.get_text_config().hidden_size), torch.randn(2, 1, model.config.get_text_config().hidden_size)
     with torch.no_grad():
         expected = [proj(x) for proj in originals]
-        with generator.fused[0].swapped_in():
+        with generator.fused_groups[0].swapped_in():
             assert attention.q_proj is not originals[0]
             got_v = attention.v_proj(x)  # out of order
-            assert generator.fused[0].input is x  # q's and k's slices still to come
+            assert generator.fused_groups[0].input is x  # q's and k's slices still to come
             got_q, got_k = attention.q_proj(x), attention.k_proj(x)
-            assert generator.fused[0].input is None  # all three served: the layer's outputs are not held
+            assert generator.fused_groups[0].input is None  # all three served: the layer's outputs are not held
             got_k_other = attention.k_proj(other)  # another input: its own matmul
     assert (attention.q_proj, attention.k_proj, attention.v_proj) == originals
     for got, want in zip((got_q, got_k, got_v), expected):
@@ -214,6 +214,7 @@ def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_end
     warm-up still ends the capture and leaves no graph to replay. (CUDA stand-ins: on CPU the decode step runs
     where the capture would be.)"""
     import contextlib
+    import weakref
 
     import torch
 
@@ -244,7 +245,7 @@ def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_end
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(generation, "_RECORDING_STREAMS", {})
-    monkeypatch.setattr(generation, "_WARMED_UP", {})
+    monkeypatch.setattr(generation, "_WARMED_UP_BACKENDS", weakref.WeakKeyDictionary())
     free = {"bytes": 0}
     monkeypatch.setattr(generation, "free_device_bytes", lambda device, count_cached: free["bytes"])
     warm_up = generation.StaticBatchGenerator._warm_up

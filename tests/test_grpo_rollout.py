@@ -46,23 +46,35 @@ def test_merged_lora_weights_match_the_adapters_and_are_put_back(tiny_model_dir)
 
 def test_generation_fuses_projections_only_where_they_compute_a_plain_matmul(tiny_model_dir):
     """Live adapters add to a projection: fusing it would drop them. Merged (the rollout) or switched off, the
-    projections are plain, and the fused weights are the merged ones."""
+    projections are plain, and the fused weights built inside the merge are the merged ones."""
     import torch
 
-    from components.common.generation import fusable_projections
+    from components.common.generation import _FusedProjections, fusable_projections
     from components.grpo_train.rollout import merged_lora_weights
 
     peft_model = _peft_tiny(tiny_model_dir)
     language_model = peft_model.get_base_model().model.language_model
+    attention = language_model.layers[0].self_attn
     assert fusable_projections(language_model) == []
     with merged_lora_weights(peft_model):
         groups = fusable_projections(language_model)
-        attention = language_model.layers[0].self_attn
+        assert len(groups) == len(language_model.layers)
         merged_q = attention.q_proj.get_base_layer().weight.detach().clone()
-        assert len(groups) == len(language_model.layers) and torch.equal(groups[0][2][0], merged_q)
+        fused = _FusedProjections(*groups[0])
+    base_q = attention.q_proj.get_base_layer().weight.detach()
+    q_rows = base_q.shape[0]
+    assert torch.equal(fused.weight[:q_rows], merged_q) and not torch.equal(merged_q, base_q)
     with peft_model.disable_adapter():
         assert len(fusable_projections(language_model)) == len(language_model.layers)
-    assert not torch.equal(merged_q, attention.q_proj.get_base_layer().weight)  # the base weight is back
+    # PEFT's own merge: plain while merged; merged and switched off, its forward would unmerge first.
+    peft_model.merge_adapter()
+    assert len(fusable_projections(language_model)) == len(language_model.layers)
+    with peft_model.disable_adapter():
+        assert fusable_projections(language_model) == []
+    # A hook on a projection would be skipped by the fused matmul: that layer is left as it is.
+    handle = attention.k_proj.get_base_layer().register_forward_hook(lambda *args: None)
+    assert len(fusable_projections(language_model)) == len(language_model.layers) - 1
+    handle.remove()
 
 
 def test_lora_inputs_skip_the_fp32_round_trip_under_bf16_autocast_with_identical_results(tiny_model_dir):

@@ -27,6 +27,7 @@ import inspect
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -72,8 +73,6 @@ def _head_dim(text_config) -> int:
 
 def attention_kernel(name: str | None):
     """Context: sdpa runs only this backend (an ``SDPBackend`` name); None: as the caller has set it."""
-    import contextlib
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, name)) if name else contextlib.nullcontext()
@@ -84,8 +83,8 @@ def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
     return 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * head_dim * dtype_bytes
 
 
-def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.9, reserved_bytes: int = 0) -> int:
-    """Rows per batch from free device memory (static KV cache + sampling buffers per row), less ``reserved_bytes``
+def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.9, extra_bytes: int = 0) -> int:
+    """Rows per batch from free device memory (static KV cache + sampling buffers per row), less ``extra_bytes``
     that the generator takes besides; CPU: a fixed small batch."""
     device = next(model.parameters()).device
     if device.type != "cuda":
@@ -96,7 +95,7 @@ def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: fl
     per_row = cache_len * kv_bytes_per_token(text_config, dtype_bytes) + sampling_bytes_per_row(text_config)
     # Prefill activations of one chunk (MLP intermediates dominate), whatever the batch size.
     prefill = PREFILL_TOKENS * (3 * text_config.intermediate_size + 4 * text_config.hidden_size) * dtype_bytes
-    rows = (int(free * memory_fraction) - prefill - reserved_bytes) // per_row
+    rows = (int(free * memory_fraction) - prefill - extra_bytes) // per_row
     return max(1, min(rows, MAX_AUTO_BATCH, num_rows))
 
 
@@ -133,11 +132,12 @@ def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
 def _slot_static_layer_class():
     """A transformers ``StaticLayer`` written at the slots the generator sets, and read up to ``visible_length``.
 
-    ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer, 102 of a
-    decode step's kernels. Here the generator points every layer at one index tensor: the prefill chunk's
-    slots, or the decode step's write index. The prefill sets ``visible_length`` to the filled width, so
-    attention skips the empty rest of the cache; the captured decode step reads the whole cache (``None``),
-    its mask hiding what is not written yet.
+    ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer (102 of the
+    4B's decode step kernels). Here the generator points every layer at one index tensor: the prefill chunk's
+    slots, or the decode step's write index. The counter is left at 0 (``get_seq_length``): the generator
+    always passes positions and masks, so the model never reads it. The prefill sets ``visible_length`` to the
+    filled width, so attention skips the empty rest of the cache; the captured decode step reads the whole
+    cache (``None``), its mask hiding what is not written yet.
     """
 
     from transformers.cache_utils import StaticLayer
@@ -164,17 +164,30 @@ FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("self_attn", ("q_
 
 
 def _plain_linear_weight(module):
-    """The weight of the bias-free linear map that ``module`` computes now, or None if it computes more
-    (a live LoRA adapter, a bias, a quantized layer)."""
+    """The weight of the bias-free linear map that ``module`` computes now, or None if it computes more or
+    otherwise (a live LoRA adapter, a bias, a quantized layer, hooks that the fused matmul would skip)."""
     import torch
 
-    if hasattr(module, "get_base_layer"):  # a PEFT adapter layer: plain only while its adapters are off
-        if not (module.disable_adapters or module.merged):
+    if hasattr(module, "get_base_layer"):
+        # A PEFT adapter layer computes its base weight alone when its adapters are either off or merged into
+        # it; when both, its forward first unmerges them, changing the weight.
+        if module.disable_adapters == module.merged:
+            return None
+        if _has_hooks(module):
             return None
         module = module.get_base_layer()
-    if type(module) is not torch.nn.Linear or module.bias is not None:
+    if type(module) is not torch.nn.Linear or module.bias is not None or _has_hooks(module):
         return None
     return module.weight
+
+
+def _has_hooks(module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
+
+
+def fused_weight_bytes(fusable: list[tuple]) -> int:
+    """Memory the concatenated weights of these groups (``fusable_projections``) take."""
+    return sum(w.numel() * w.element_size() for *_, weights in fusable for w in weights)
 
 
 def fusable_projections(language_model, groups=FUSED_PROJECTIONS) -> list[tuple]:
@@ -216,7 +229,7 @@ class _FusedProjections:
             self.waiting = set(range(len(self.sizes)))
         output = self.outputs[index]
         self.waiting.discard(index)
-        if not self.waiting:  # every member has its slice: hold nothing (a prefill chunk's are ~0.4 GB a layer)
+        if not self.waiting:  # every member has its slice: hold nothing (a 4B prefill chunk's: ~0.5 GB a layer)
             self.input = self.outputs = None
         return output
 
@@ -287,9 +300,9 @@ class _Sampler:
 
 
 # Per process: each device's side stream that decode graphs are recorded on (one, so that cuBLAS sets up its
-# workspace for it once), and the kinds of decode step already warmed up on it, with their sdpa backend.
+# workspace for it once), and per model the decode steps already warmed up, with the sdpa backend each took.
 _RECORDING_STREAMS: dict = {}
-_WARMED_UP: dict = {}
+_WARMED_UP_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class StaticBatchGenerator:
@@ -323,8 +336,7 @@ class StaticBatchGenerator:
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
         self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
         self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
-        self.fused_projections = tuple(fused_projections)
-        self.fused = [_FusedProjections(*group) for group in fusable_projections(self.language_model, fused_projections)]
+        self.fused_groups = [_FusedProjections(*group) for group in fusable_projections(self.language_model, fused_projections)]
         window = getattr(self.text_config, "sliding_window", None)
         self.sliding_window = window if window and window < self.cache_len else None
         # One full-length static layer per decoder layer; sliding layers are handled by their mask.
@@ -360,7 +372,7 @@ class StaticBatchGenerator:
     # -- one batch ---------------------------------------------------------------------------------------
     def _forward(self, input_ids, position_ids, masks):
         with contextlib.ExitStack() as fused:
-            for group in self.fused:
+            for group in self.fused_groups:
                 fused.enter_context(group.swapped_in())
             outputs = self.language_model(
                 input_ids=input_ids,
@@ -477,11 +489,15 @@ class StaticBatchGenerator:
         if stream is None:
             stream = _RECORDING_STREAMS[self.device] = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        kind = (self.device, self.rows, id(self.language_model), self.settings, self.fused_projections,
-                tuple(self.attention_backends or ()))
-        warmed_up = kind in _WARMED_UP
+        # What set-up on first use can depend on, besides the model: Triton's kernels specialise on shapes (rows),
+        # the sampling and the fused matmuls are kernels of their own. Not the cache length, which changes with
+        # each batch's prompts: only tensor sizes depend on it, and sdpa's kernels are not compiled per shape.
+        warm_up_key = (self.device, self.rows, self.settings, tuple(g.names for g in self.fused_groups),
+                       tuple(self.attention_backends or ()))
+        warmed_up_backends = _WARMED_UP_BACKENDS.setdefault(self.language_model, {})
+        warmed_up = warm_up_key in warmed_up_backends
         if warmed_up:
-            backend = _WARMED_UP[kind]
+            backend = warmed_up_backends[warm_up_key]
         else:
             with torch.cuda.stream(stream):
                 backend = self._warm_up()
@@ -498,12 +514,14 @@ class StaticBatchGenerator:
         except RuntimeError as error:
             if not warmed_up:
                 raise
+            # (torch ends a failed capture before it hands back the capture's memory pool: that memory may stay
+            # reserved; rare, and less than one step's transient memory)
             log.warning("recording the decode step without a warm-up failed (%s): warming up, recording again",
                         str(error).splitlines()[0][:200])
             with torch.cuda.stream(stream):
                 backend = self._warm_up()
             graph = self._record_graph(stream, backend)
-        _WARMED_UP[kind] = backend
+        warmed_up_backends[warm_up_key] = backend
         self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
 
     def _record_graph(self, stream, backend):
@@ -624,8 +642,8 @@ def generate_completions(
         torch.manual_seed(seed)
     max_prompt_len = max(len(p) for p in prompts)
     cache_len = max_prompt_len + settings.max_new_tokens
-    fused_bytes = sum(w.numel() * w.element_size() for *_, weights in fusable_projections(model.model.language_model) for w in weights)
-    rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts), reserved_bytes=fused_bytes)
+    fused_bytes = fused_weight_bytes(fusable_projections(model.model.language_model))
+    rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts), extra_bytes=fused_bytes)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = _even_batches(order, rows)
     generator = StaticBatchGenerator(
