@@ -306,7 +306,10 @@ _WARMED_UP_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class StaticBatchGenerator:
-    """Generates for batches of ``rows`` prompts of at most ``max_prompt_len`` tokens, reusing one cache and graph."""
+    """Generates for batches of ``rows`` prompts of at most ``max_prompt_len`` tokens, reusing one cache and graph.
+
+    It copies the fused projections' weights when built: after the model's weights change (a training step),
+    build a new one, as each rollout does."""
 
     def __init__(
         self,
