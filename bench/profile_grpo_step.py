@@ -1,4 +1,4 @@
-"""Where one of our GRPO optimizer steps spends its time (4B shapes, one GPU): phases and top kernels.
+"""Where one of our GRPO optimizer steps spends its time (4B shapes, one GPU or several): phases and top kernels.
 
 Runs ``bench_grpo_step``'s "ours" variant (same model, prompts and recipe) for ``--steps`` steps with
 timers around each phase (synchronised, so they add up) and, in the last step, ``torch.profiler`` around
@@ -8,6 +8,14 @@ of each profiled region by device time. The last step's phases carry the profile
 split from the steps before it (the first also carries warm-up).
 
     python bench/profile_grpo_step.py --output profile_grpo_step.json [--set train.per_device_train_batch_size=16]
+    python bench/profile_grpo_step.py --gpus 2 --steps 4 --output profile_grpo_step_2gpu.json
+    python bench/profile_grpo_step.py --tiny --gpus 2 --steps 2 --prompts-per-step 4 --prompt-len 20 \
+        --completion-tokens 8                                          # CPU smoke run (2 gloo processes)
+
+``--gpus N`` runs one training process per GPU (torchrun, accumulation divided by N as the pipeline does) and
+writes every rank's report under ``ranks``. Its phases include TRL's gathers across ranks (``gather``,
+``gather_object``) and the optimizer step; a synchronised timer around a gather also counts the time the rank
+waited there for the others.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import argparse
 import contextlib
 import functools
 import json
+import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -103,6 +113,15 @@ def install(timer: PhaseTimer) -> None:
                lambda *a, **k: "logps.policy" if torch.is_grad_enabled() else "logps.reference",
                profile={"logps.reference": 1})
     timer.wrap(Trainer, "training_step", "training_step", profile={"training_step": 2})
+    # Across ranks (no-ops on one process): TRL's gathers of tensors and of Python objects, and the optimizer step.
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from trl.trainer import grpo_trainer
+
+    timer.wrap(Accelerator, "gather", "gather")
+    timer.wrap(grpo_trainer, "gather", "gather")
+    timer.wrap(grpo_trainer, "gather_object", "gather_object")
+    timer.wrap(AcceleratedOptimizer, "step", "optimizer")
     timed_training_step = Trainer.training_step
 
     def step_aware(self, *args, **kwargs):  # outermost: every phase of optimizer step k is counted under k
@@ -145,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--completion-tokens", type=int, default=512)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
     parser.add_argument("--workdir", default="/tmp/bench_grpo_step")
+    parser.add_argument("--gpus", type=int, default=1, help="training processes on this machine, one a GPU (torchrun)")
+    parser.add_argument("--rank-of", default="", help=argparse.SUPPRESS)  # set for each rank by the --gpus run
     parser.add_argument("--output", default="profile_grpo_step.json")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -155,7 +176,20 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(a.workdir)
     model_dir = bench.build_checkpoint(workdir, a.tiny)
-    bench.write_prompts(workdir / "data", model_dir, rows=a.prompts_per_step * (a.steps + 1), mean_tokens=a.prompt_len)
+    if not a.rank_of:
+        bench.write_prompts(workdir / "data", model_dir, rows=a.prompts_per_step * (a.steps + 1), mean_tokens=a.prompt_len)
+        if a.gpus > 1:
+            return profile_on_ranks(argv if argv is not None else sys.argv[1:], a)
+    else:
+        from components.common.recipes import load_recipe
+        from components.grpo_train.launch import data_parallel_overrides
+
+        if a.tiny:  # bench_grpo_step's tiny sizes take the whole step in one micro-batch: split it over the ranks
+            completions = a.prompts_per_step * bench.NUM_GENERATIONS
+            a.overrides = a.overrides + [f"train.per_device_train_batch_size={completions // a.gpus}",
+                                         f"train.gradient_accumulation_steps={a.gpus}"]
+        recipe = load_recipe(a.recipe, bench.OURS_BASE_OVERRIDES + a.overrides)
+        a.overrides = a.overrides + data_parallel_overrides(recipe, a.gpus)
     timer = PhaseTimer()
     timer.profile_step = a.steps
     install(timer)
@@ -171,13 +205,36 @@ def main(argv: list[str] | None = None) -> int:
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "profiles": timer.profiles,
     }
-    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.output).write_text(json.dumps(report, indent=2) + "\n")
+    output = Path(a.output)
+    if a.rank_of:
+        report["rank"] = int(os.environ["RANK"])  # set by torchrun
+        output = Path(a.rank_of).with_suffix(f".rank{report['rank']}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("card", "settings", "step_seconds", "phases", "peak_memory_gib")}, indent=1))
     for region, data in timer.profiles.items():
         print(f"\n{region}: {data['device_ms_total']} ms device")
         for k in data["kernels"][:12]:
             print(f"  {k['device_ms']:>9} ms {k['share']:>6} x{k['calls']:<5} {k['name'][:90]}")
+    return 0
+
+
+def profile_on_ranks(argv: list[str], a) -> int:
+    """Run this script under torchrun, one process a GPU (the checkpoint and prompts are ready), then put
+    the ranks' reports into one."""
+    output = Path(a.output)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.gpus}",
+               str(Path(__file__).resolve()), *argv, "--rank-of", str(output.resolve())]
+    code = subprocess.run(command, check=False).returncode
+    if code:
+        return code
+    ranks = {}
+    for rank in range(a.gpus):
+        part = output.resolve().with_suffix(f".rank{rank}.json")
+        ranks[str(rank)] = json.loads(part.read_text())
+        part.unlink()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"gpus": a.gpus, "ranks": ranks}, indent=2) + "\n")
     return 0
 
 
