@@ -33,12 +33,14 @@ import time
 
 from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync, write_report
 
+from components.common.generation import FUSED_PROJECTIONS  # a light import: torch loads inside its functions
+
 PROFILED_STEPS = 4
 # --fusions: the sibling projections each variant reads as one matmul ("qkv": the generator's default).
 FUSIONS = {
-    "qkv": (("self_attn", ("q_proj", "k_proj", "v_proj")),),
+    "qkv": FUSED_PROJECTIONS,
     "none": (),
-    "qkv+gate_up": (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj"))),
+    "qkv+gate_up": FUSED_PROJECTIONS + (("mlp", ("gate_proj", "up_proj")),),
 }
 
 
@@ -133,8 +135,7 @@ def greedy_agreement(model, prompts, *, new_tokens: int = 32) -> dict:
     recorded under (the first of the list: this check is for cards that have it). On random-init weights the
     top two logits can be near-tied, so another kernel's rounding may pick the other one, and the row goes its
     own way; a wrong step would differ in every row from the first token."""
-    from components.common.generation import (DECODE_ATTENTION_BACKENDS, FUSED_PROJECTIONS, SamplingSettings,
-                                              StaticBatchGenerator, attention_kernel)
+    from components.common.generation import DECODE_ATTENTION_BACKENDS, SamplingSettings, StaticBatchGenerator, attention_kernel
 
     def greedy(use_cuda_graph=True, fused_projections=FUSED_PROJECTIONS):
         generator = StaticBatchGenerator(model, rows=len(prompts), max_prompt_len=max(map(len, prompts)),

@@ -171,9 +171,7 @@ def _plain_linear_weight(module):
     if hasattr(module, "get_base_layer"):
         # A PEFT adapter layer computes its base weight alone when its adapters are either off or merged into
         # it; when both, its forward first unmerges them, changing the weight.
-        if module.disable_adapters == module.merged:
-            return None
-        if _has_hooks(module):
+        if module.disable_adapters == module.merged or _has_hooks(module):
             return None
         module = module.get_base_layer()
     if type(module) is not torch.nn.Linear or module.bias is not None or _has_hooks(module):
@@ -509,7 +507,8 @@ class StaticBatchGenerator:
         # pool needs about one step's transient memory: the cache is released only when the device lacks that.
         # An earlier generator's graph pool stays reserved until such a release (the allocator frees unused graph
         # pools only then), so in training the release still comes, once every several rollouts.
-        if free_device_bytes(self.device, count_cached=False) < 2 * self.rows * sampling_bytes_per_row(self.text_config):
+        step_bytes = self.rows * sampling_bytes_per_row(self.text_config)
+        if free_device_bytes(self.device, count_cached=False) < 2 * step_bytes:
             log.info("releasing the allocator's cached memory before the capture (the device is short of it)")
             torch.cuda.empty_cache()
         try:
