@@ -207,9 +207,11 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
     assert len(calls) == 1  # not retried under MATH
 
 
-def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_ends_the_capture(tiny, monkeypatch):
+def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_once_and_always_ends_the_capture(
+        tiny, monkeypatch):
     """The graph is recorded without torch.cuda.graph's unconditional cache release: the cache is released only
-    when the device lacks twice a step's transient memory. Only the first generator of its kind in the process
+    when the device lacks twice a step's transient memory. Every graph of the device records into one memory
+    pool, so finished generators' pools do not pile up. Only the first generator of its kind in the process
     warms up; a later one whose recording fails warms up and records again. A recording that fails after a
     warm-up still ends the capture and leaves no graph to replay. (CUDA stand-ins: on CPU the decode step runs
     where the capture would be.)"""
@@ -231,9 +233,12 @@ def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_end
         def wait_stream(self, other):
             pass
 
+    pools = []
+
     class FakeGraph:
-        def capture_begin(self):
+        def capture_begin(self, pool=None):
             events.append("begin")
+            pools.append(pool)
 
         def capture_end(self):
             events.append("end")
@@ -244,7 +249,8 @@ def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_end
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(generation, "_RECORDING_STREAMS", {})
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, len(pools) + 1))  # a new id each call
+    monkeypatch.setattr(generation, "_RECORDING_STREAMS_AND_POOLS", {})
     monkeypatch.setattr(generation, "_WARMED_UP_BACKENDS", weakref.WeakKeyDictionary())
     free = {"bytes": 0}
     monkeypatch.setattr(generation, "free_device_bytes", lambda device, count_cached: free["bytes"])
@@ -302,6 +308,7 @@ def test_capture_releases_the_cache_only_when_short_warms_up_once_and_always_end
     with pytest.raises(RuntimeError, match="stream is capturing"):
         failing._capture()
     assert events == ["warm-up", "begin", "end"] and failing.graph is None
+    assert pools == [(0, 1)] * 5  # every recording, of every generator, into the first pool
 
 
 def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory_cap(monkeypatch):

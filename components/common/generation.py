@@ -297,9 +297,10 @@ class _Sampler:
         return indices.gather(-1, choice).squeeze(-1)
 
 
-# Per process: each device's side stream that decode graphs are recorded on (one, so that cuBLAS sets up its
-# workspace for it once), and per model the decode steps already warmed up, with the sdpa backend each took.
-_RECORDING_STREAMS: dict = {}
+# Per process: for each device, the side stream that decode graphs are recorded on (one, so that cuBLAS sets up
+# its workspace for it once) and the memory pool they all record into (see _capture); per model, the decode steps
+# already warmed up, with the sdpa backend each took.
+_RECORDING_STREAMS_AND_POOLS: dict = {}
 _WARMED_UP_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -486,9 +487,9 @@ class StaticBatchGenerator:
         import torch
 
         self._allocate_cache()
-        stream = _RECORDING_STREAMS.get(self.device)
-        if stream is None:
-            stream = _RECORDING_STREAMS[self.device] = torch.cuda.Stream(self.device)
+        if self.device not in _RECORDING_STREAMS_AND_POOLS:
+            _RECORDING_STREAMS_AND_POOLS[self.device] = (torch.cuda.Stream(self.device), torch.cuda.graph_pool_handle())
+        stream, pool = _RECORDING_STREAMS_AND_POOLS[self.device]
         stream.wait_stream(torch.cuda.current_stream(self.device))
         # What set-up on first use can depend on, besides the model: Triton's kernels specialise on shapes (rows),
         # the sampling and the fused matmuls are kernels of their own. Not the cache length, which changes with
@@ -503,16 +504,18 @@ class StaticBatchGenerator:
             with torch.cuda.stream(stream):
                 backend = self._warm_up()
         # torch.cuda.graph() would release the whole cache first ("free as much memory as we can"): with the
-        # training step's blocks cached, that cost more than the capture itself, every rollout. The graph's own
-        # pool needs about one step's transient memory: the cache is released only when the device lacks that.
-        # An earlier generator's graph pool stays reserved until such a release (the allocator frees unused graph
-        # pools only then), so in training the release still comes, once every several rollouts.
+        # training step's blocks cached, that cost more than the capture itself, every rollout. The graph's pool
+        # needs about one step's transient memory: the cache is released only when the device lacks that.
+        # All of a device's graphs record into one pool: with a pool each, a finished generator's pool stayed
+        # reserved until the allocator released its whole cache (it frees unused graph pools only then), so the
+        # pools piled up over the rollouts until a release. Sharing is safe as graphs here replay one at a time
+        # and keep their state in tensors allocated outside the capture.
         step_bytes = self.rows * sampling_bytes_per_row(self.text_config)
         if free_device_bytes(self.device, count_cached=False) < 2 * step_bytes:
             log.info("releasing the allocator's cached memory before the capture (the device is short of it)")
             torch.cuda.empty_cache()
         try:
-            graph = self._record_graph(stream, backend)
+            graph = self._record_graph(stream, pool, backend)
         except RuntimeError as error:
             if not warmed_up:
                 raise
@@ -522,18 +525,18 @@ class StaticBatchGenerator:
                         str(error).splitlines()[0][:200])
             with torch.cuda.stream(stream):
                 backend = self._warm_up()
-            graph = self._record_graph(stream, backend)
+            graph = self._record_graph(stream, pool, backend)
         warmed_up_backends[warm_up_key] = backend
         self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
 
-    def _record_graph(self, stream, backend):
+    def _record_graph(self, stream, pool, backend):
         import torch
 
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         # The kernel choice is recorded in the graph: it holds for every replay.
         with attention_kernel(backend), torch.cuda.stream(stream):
-            graph.capture_begin()
+            graph.capture_begin(pool=pool)
             try:
                 self._decode_step()
             finally:
