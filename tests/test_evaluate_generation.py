@@ -36,23 +36,30 @@ def _reference(model, tokenizer, prompts, new_tokens):
 @pytest.mark.parametrize("sliding_window", [None, 12])
 @pytest.mark.parametrize("prefill_chunk", [None, 5])
 def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window, prefill_chunk, monkeypatch):
-    from components.common import generation
+    from components.common import decode_attention, generation
     from components.common.generation import SamplingSettings, generate_completions
 
     model, tokenizer = tiny
     if prefill_chunk:  # 4 prompts in batches of 2 rows: prefilled 5 positions at a time
         monkeypatch.setattr(generation, "PREFILL_TOKENS", 2 * prefill_chunk)
-    # Keys each attention layer reads: during prefill only the slots filled so far, while decoding the whole cache.
+    # Keys each attention layer reads: during prefill only the slots filled so far (the model's attention), while
+    # decoding the whole cache (the generator's DecodeAttention).
     layer_class = generation._slot_static_layer_class()
-    read_lengths = []
+    read_lengths, decode_reads = [], []
 
     def recording_update(self, *args, **kwargs):
         keys, values = update(self, *args, **kwargs)
         read_lengths.append(keys.shape[-2])
         return keys, values
 
-    update = layer_class.update
+    def recording_decode(*args):
+        query = norm_rope_and_store(*args)
+        decode_reads.append(args[6].shape[-2])  # the keys
+        return query
+
+    update, norm_rope_and_store = layer_class.update, decode_attention.norm_rope_and_store
     monkeypatch.setattr(layer_class, "update", recording_update)
+    monkeypatch.setattr(decode_attention, "norm_rope_and_store", recording_decode)
     text_config = model.config.get_text_config()
     saved = (text_config.sliding_window, list(text_config.layer_types))
     if sliding_window:  # a window shorter than prompt + completion: the sliding mask must drop old keys
@@ -66,8 +73,10 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
     finally:
         text_config.sliding_window, text_config.layer_types = saved[0], saved[1]
     cache_len = max(map(len, prompts)) + 24
-    prefill_reads = sorted({n for n in read_lengths if n < cache_len})
-    assert set(read_lengths) - set(prefill_reads) == {cache_len}
+    prefill_reads = sorted(set(read_lengths))
+    assert prefill_reads[-1] < cache_len and set(decode_reads) == {cache_len}
+    layers = model.config.get_text_config().num_hidden_layers
+    assert len(decode_reads) == 2 * 23 * layers  # 2 batches x 23 decode steps: every layer's attention
     if prefill_chunk:
         assert prefill_reads[:2] == [5, 10]  # the first chunks of a batch read 5, then 10 slots
     else:
@@ -239,6 +248,10 @@ def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_onc
         def capture_begin(self, pool=None):
             events.append("begin")
             pools.append(pool)
+            self.memory_pool = pool or f"pool {len(pools)}"  # a new one unless given
+
+        def pool(self):
+            return self.memory_pool
 
         def capture_end(self):
             events.append("end")
@@ -249,8 +262,8 @@ def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_onc
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, len(pools) + 1))  # a new id each call
-    monkeypatch.setattr(generation, "_RECORDING_STREAMS_AND_POOLS", {})
+    monkeypatch.setattr(generation, "_RECORDING_STREAMS", {})
+    monkeypatch.setattr(generation, "_LAST_GRAPHS", {})
     monkeypatch.setattr(generation, "_WARMED_UP_BACKENDS", weakref.WeakKeyDictionary())
     free = {"bytes": 0}
     monkeypatch.setattr(generation, "free_device_bytes", lambda device, count_cached: free["bytes"])
@@ -308,7 +321,9 @@ def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_onc
     with pytest.raises(RuntimeError, match="stream is capturing"):
         failing._capture()
     assert events == ["warm-up", "begin", "end"] and failing.graph is None
-    assert pools == [(0, 1)] * 5  # every recording, of every generator, into the first pool
+    # The first recording makes a pool; every later one, of every generator, records into it.
+    assert pools == [None] + ["pool 1"] * 4
+    assert generation._LAST_GRAPHS[plenty.device] is recovering.graph  # the last graph recorded, kept alive
 
 
 def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory_cap(monkeypatch):

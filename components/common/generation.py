@@ -298,9 +298,10 @@ class _Sampler:
 
 
 # Per process: for each device, the side stream that decode graphs are recorded on (one, so that cuBLAS sets up
-# its workspace for it once) and the memory pool they all record into (see _capture); per model, the decode steps
-# already warmed up, with the sdpa backend each took.
-_RECORDING_STREAMS_AND_POOLS: dict = {}
+# its workspace for it once) and the graph recorded last, whose memory pool the next one records into (see
+# _capture); per model, the decode steps already warmed up, with the sdpa backend each took.
+_RECORDING_STREAMS: dict = {}
+_LAST_GRAPHS: dict = {}
 _WARMED_UP_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -322,6 +323,7 @@ class StaticBatchGenerator:
         use_cuda_graph: bool | None = None,
         attention_backends: Sequence[str] | None = DECODE_ATTENTION_BACKENDS,
         fused_projections=FUSED_PROJECTIONS,
+        decode_attention: bool = True,
     ):
         import torch
         from transformers.cache_utils import Cache
@@ -344,6 +346,7 @@ class StaticBatchGenerator:
         # One full-length static layer per decoder layer; sliding layers are handled by their mask.
         layer_class = _slot_static_layer_class()
         self.cache = Cache(layers=[layer_class(max_cache_len=self.cache_len) for _ in range(self.text_config.num_hidden_layers)])
+        self.decode_attentions = self._decode_attentions() if decode_attention else []
         params = inspect.signature(self.language_model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -372,10 +375,23 @@ class StaticBatchGenerator:
         self.seconds = {"capture": 0.0, "prefill": 0.0, "decode": 0.0}
 
     # -- one batch ---------------------------------------------------------------------------------------
-    def _forward(self, input_ids, position_ids, masks):
+    def _decode_attentions(self) -> list:
+        """A ``DecodeAttention`` for each layer whose fused q/k/v it can take (compiled on a GPU)."""
+        from components.common.decode_attention import DecodeAttention
+
+        built = []
+        for group in self.fused_groups:
+            if group.names == ("q_proj", "k_proj", "v_proj") and hasattr(group.parent, "layer_idx"):
+                built.append(DecodeAttention.build(group.parent, group.weight, self.cache.layers[group.parent.layer_idx],
+                                                   compiled=self.device.type == "cuda"))
+        return [attention for attention in built if attention is not None]
+
+    def _forward(self, input_ids, position_ids, masks, decode: bool = False):
         with contextlib.ExitStack() as fused:
             for group in self.fused_groups:
                 fused.enter_context(group.swapped_in())
+            for attention in self.decode_attentions if decode else ():
+                fused.enter_context(attention.swapped_in())
             outputs = self.language_model(
                 input_ids=input_ids,
                 attention_mask=masks,
@@ -472,7 +488,7 @@ class StaticBatchGenerator:
             torch.logical_and(self.full_mask, self.key_index > self.write_index - self.sliding_window, out=self.sliding_mask)
             sliding = self._attention_bias(self.sliding_mask, self.sliding_bias)
         masks = {"full_attention": full, "sliding_attention": sliding}
-        logits = self._forward(self.next_token[:, None], self.position[:, None], masks)
+        logits = self._forward(self.next_token[:, None], self.position[:, None], masks, decode=True)
         self._record(self.sampler(logits))
         self.position += 1
         self.write_index += 1
@@ -487,15 +503,15 @@ class StaticBatchGenerator:
         import torch
 
         self._allocate_cache()
-        if self.device not in _RECORDING_STREAMS_AND_POOLS:
-            _RECORDING_STREAMS_AND_POOLS[self.device] = (torch.cuda.Stream(self.device), torch.cuda.graph_pool_handle())
-        stream, pool = _RECORDING_STREAMS_AND_POOLS[self.device]
+        stream = _RECORDING_STREAMS.get(self.device)
+        if stream is None:
+            stream = _RECORDING_STREAMS[self.device] = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         # What set-up on first use can depend on, besides the model: Triton's kernels specialise on shapes (rows),
         # the sampling and the fused matmuls are kernels of their own. Not the cache length, which changes with
         # each batch's prompts: only tensor sizes depend on it, and sdpa's kernels are not compiled per shape.
         warm_up_key = (self.device, self.rows, self.settings, tuple(g.names for g in self.fused_groups),
-                       tuple(self.attention_backends or ()))
+                       len(self.decode_attentions), tuple(self.attention_backends or ()))
         warmed_up_backends = _WARMED_UP_BACKENDS.setdefault(self.language_model, {})
         warmed_up = warm_up_key in warmed_up_backends
         if warmed_up:
@@ -509,7 +525,10 @@ class StaticBatchGenerator:
         # All of a device's graphs record into one pool: with a pool each, a finished generator's pool stayed
         # reserved until the allocator released its whole cache (it frees unused graph pools only then), so the
         # pools piled up over the rollouts until a release. Sharing is safe as graphs here replay one at a time
-        # and keep their state in tensors allocated outside the capture.
+        # and keep their state in tensors allocated outside the capture. The last graph is kept alive for it:
+        # torch refuses to record into a pool whose graphs are all gone (a MemPool or graph_pool_handle too).
+        last = _LAST_GRAPHS.get(self.device)
+        pool = last.pool() if last is not None else None
         step_bytes = self.rows * sampling_bytes_per_row(self.text_config)
         if free_device_bytes(self.device, count_cached=False) < 2 * step_bytes:
             log.info("releasing the allocator's cached memory before the capture (the device is short of it)")
@@ -527,6 +546,7 @@ class StaticBatchGenerator:
                 backend = self._warm_up()
             graph = self._record_graph(stream, pool, backend)
         warmed_up_backends[warm_up_key] = backend
+        _LAST_GRAPHS[self.device] = graph
         self.graph, self.attention_backend = graph, backend  # only once captured: none to replay after a failure
 
     def _record_graph(self, stream, pool, backend):
