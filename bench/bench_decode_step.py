@@ -10,16 +10,16 @@ a new generator, as each rollout does. Options:
 - ``--profile``: each step's kernels with their device time (torch.profiler sees replayed kernels);
 - ``--liger``: with Liger's kernels, as the GPU recipes run; ``--eval-sampling``: the evaluation's sampling
   (T 0.7, top-p 0.9, top-k 64) instead of the rollout's (T 1.0);
-- ``--fusions``: what the step fuses, a timing for each: ``qkv+attention`` (the generator's default: q/k/v as
-  one matmul, then ``DecodeAttention``'s compiled norms, RoPE and cache writes), ``qkv`` (the fused matmul, then
-  the model's own attention), ``none``, ``qkv+gate_up``.
+- ``--fusions``: what the step fuses, a timing for each: ``qkv+layers`` (the generator's default: q/k/v as
+  one matmul, and ``DecodeLayer``'s compiled norms, RoPE, cache writes and adds), ``qkv`` (the fused matmul in
+  the model's own layers), ``none``, ``qkv+gate_up``.
 
 On a GPU the report also checks that the graph computes what the eager step does (greedy tokens).
 
     python bench/bench_decode_step.py --rows 128,256 --liger --profile --output bench/results/decode_step_liger_h100.json
     python bench/bench_decode_step.py --rows 256 --backends EFFICIENT_ATTENTION,CUDNN_ATTENTION,MATH
     python bench/bench_decode_step.py --rows 64,256,384 --eager --eval-sampling
-    python bench/bench_decode_step.py --rows 128,256 --liger --fusions qkv+attention,qkv,none,qkv+gate_up
+    python bench/bench_decode_step.py --rows 128,256 --liger --fusions qkv+layers,qkv,none,qkv+gate_up
     python bench/bench_decode_step.py --tiny --rows 2,4 --steps 4 --eager    # CPU smoke run (no graph on CPU)
 
 (A torch.compile'd step was measured with this script at commit 045a3d0 and removed: slower, see
@@ -38,10 +38,10 @@ from components.common.generation import FUSED_PROJECTIONS  # a light import: to
 
 PROFILED_STEPS = 4
 # --fusions: the sibling projections each variant reads as one matmul ("qkv": the generator's default).
-# --fusions: (the sibling projections each variant reads as one matmul, whether DecodeAttention takes the layers'
-# attention); "qkv+attention" is the generator's default.
+# --fusions: (the sibling projections each variant reads as one matmul, whether DecodeLayer takes the layers);
+# "qkv+layers" is the generator's default.
 FUSIONS = {
-    "qkv+attention": (FUSED_PROJECTIONS, True),
+    "qkv+layers": (FUSED_PROJECTIONS, True),
     "qkv": (FUSED_PROJECTIONS, False),
     "none": ((), False),
     "qkv+gate_up": (FUSED_PROJECTIONS + (("mlp", ("gate_proj", "up_proj")),), False),
@@ -67,7 +67,7 @@ def _ms_per_step(step, steps: int) -> float:
 
 
 def time_decode_step(model, prompts, *, rows: int, settings, steps: int, backends=None, eager: bool = False,
-                     profile: bool = False, fusion: str = "qkv+attention") -> dict:
+                     profile: bool = False, fusion: str = "qkv+layers") -> dict:
     """One new generator of ``rows`` rows: capture, prefill, then ms per replayed step (eager: per step run
     without the graph). Each timing starts from a fresh prefill, so the steps never outrun the cache."""
     import torch
@@ -76,13 +76,13 @@ def time_decode_step(model, prompts, *, rows: int, settings, steps: int, backend
 
     batch = prompts[:rows]
     reset_peak()
-    projections, decode_attention = FUSIONS[fusion]
+    projections, decode_layers = FUSIONS[fusion]
     gen = StaticBatchGenerator(model, rows=rows, max_prompt_len=max(map(len, batch)), settings=settings,
                                pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=torch.cuda.is_available(),
                                attention_backends=backends or DECODE_ATTENTION_BACKENDS,
-                               fused_projections=projections, decode_attention=decode_attention)
+                               fused_projections=projections, decode_layers=decode_layers)
     out: dict = {"rows": rows, "cache_len": gen.cache_len, "fusion": fusion, "fused_groups": len(gen.fused_groups),
-                 "decode_attention_layers": len(gen.decode_attentions),
+                 "decode_layers": len(gen.decode_layers),
                  "allocated_at_start_gib": round(torch.cuda.memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
     with torch.inference_mode():
         sync()
@@ -137,17 +137,17 @@ def fit_fixed_and_per_row(points: list[dict]) -> dict:
 
 def greedy_agreement(model, prompts, *, new_tokens: int = 32) -> dict:
     """Greedy tokens (and whole rows) the captured step produces that the eager step, the captured step with
-    the model's own attention, and the captured step without fusions, produce too. Every run, prefill included, uses the sdpa backend the graph is
+    the model's own layers, and the captured step without fusions, produce too. Every run, prefill included, uses the sdpa backend the graph is
     recorded under (the first of the list: this check is for cards that have it). On random-init weights the
     top two logits can be near-tied, so another kernel's rounding may pick the other one, and the row goes its
     own way; a wrong step would differ in every row from the first token."""
     from components.common.generation import DECODE_ATTENTION_BACKENDS, SamplingSettings, StaticBatchGenerator, attention_kernel
 
-    def greedy(use_cuda_graph=True, fused_projections=FUSED_PROJECTIONS, decode_attention=True):
+    def greedy(use_cuda_graph=True, fused_projections=FUSED_PROJECTIONS, decode_layers=True):
         generator = StaticBatchGenerator(model, rows=len(prompts), max_prompt_len=max(map(len, prompts)),
                                          settings=SamplingSettings(do_sample=False, max_new_tokens=new_tokens),
                                          pad_token_id=PAD_ID, eos_token_ids=EOS_IDS, use_cuda_graph=use_cuda_graph,
-                                         fused_projections=fused_projections, decode_attention=decode_attention)
+                                         fused_projections=fused_projections, decode_layers=decode_layers)
         return [r.token_ids for r in generator.generate(prompts)]
 
     def agreement(ours, other):
@@ -158,8 +158,8 @@ def greedy_agreement(model, prompts, *, new_tokens: int = 32) -> dict:
     backend = DECODE_ATTENTION_BACKENDS[0]
     with attention_kernel(backend):
         graph, eager = greedy(), greedy(use_cuda_graph=False)
-        model_attention, unfused = greedy(decode_attention=False), greedy(fused_projections=(), decode_attention=False)
-    return {"graph_vs_eager": agreement(graph, eager), "decode_vs_model_attention": agreement(graph, model_attention),
+        model_layers, unfused = greedy(decode_layers=False), greedy(fused_projections=(), decode_layers=False)
+    return {"graph_vs_eager": agreement(graph, eager), "decode_vs_model_layers": agreement(graph, model_layers),
             "fused_vs_unfused": agreement(graph, unfused)}
 
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also list each step's kernels (GPU)")
     parser.add_argument("--liger", action="store_true", help="with Liger's kernels applied, as the GPU recipes run (GPU)")
     parser.add_argument("--eval-sampling", action="store_true", help="the evaluation's sampling instead of the rollout's")
-    parser.add_argument("--fusions", default="qkv+attention", help=f"comma-separated, of {', '.join(FUSIONS)}; the first fills 'steps'")
+    parser.add_argument("--fusions", default="qkv+layers", help=f"comma-separated, of {', '.join(FUSIONS)}; the first fills 'steps'")
     parser.add_argument("--blas", default="", help="torch.backends.cuda.preferred_blas_library for the whole run (cublas, cublaslt)")
     parser.add_argument("--output", default="bench_decode_step.json")
     args = parser.parse_args(argv)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":
         agreement = greedy_agreement(model, prompts[:8])
         report["greedy_graph_vs_eager_same"] = agreement["graph_vs_eager"]
-        report["greedy_decode_vs_model_attention_same"] = agreement["decode_vs_model_attention"]
+        report["greedy_decode_vs_model_layers_same"] = agreement["decode_vs_model_layers"]
         report["greedy_fused_vs_unfused_same"] = agreement["fused_vs_unfused"]
     by_fusion = {}
     for fusion in fusions:

@@ -36,14 +36,14 @@ def _reference(model, tokenizer, prompts, new_tokens):
 @pytest.mark.parametrize("sliding_window", [None, 12])
 @pytest.mark.parametrize("prefill_chunk", [None, 5])
 def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window, prefill_chunk, monkeypatch):
-    from components.common import decode_attention, generation
+    from components.common import decode_layer, generation
     from components.common.generation import SamplingSettings, generate_completions
 
     model, tokenizer = tiny
     if prefill_chunk:  # 4 prompts in batches of 2 rows: prefilled 5 positions at a time
         monkeypatch.setattr(generation, "PREFILL_TOKENS", 2 * prefill_chunk)
-    # Keys each attention layer reads: during prefill only the slots filled so far (the model's attention), while
-    # decoding the whole cache (the generator's DecodeAttention).
+    # Keys each attention layer reads: during prefill only the slots filled so far (the model's layers), while
+    # decoding the whole cache (the generator's DecodeLayers).
     layer_class = generation._slot_static_layer_class()
     read_lengths, decode_reads = [], []
 
@@ -57,9 +57,9 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
         decode_reads.append(args[6].shape[-2])  # the keys
         return query
 
-    update, norm_rope_and_store = layer_class.update, decode_attention.norm_rope_and_store
+    update, norm_rope_and_store = layer_class.update, decode_layer.norm_rope_and_store
     monkeypatch.setattr(layer_class, "update", recording_update)
-    monkeypatch.setattr(decode_attention, "norm_rope_and_store", recording_decode)
+    monkeypatch.setattr(decode_layer, "norm_rope_and_store", recording_decode)
     text_config = model.config.get_text_config()
     saved = (text_config.sliding_window, list(text_config.layer_types))
     if sliding_window:  # a window shorter than prompt + completion: the sliding mask must drop old keys
@@ -76,7 +76,7 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
     prefill_reads = sorted(set(read_lengths))
     assert prefill_reads[-1] < cache_len and set(decode_reads) == {cache_len}
     layers = model.config.get_text_config().num_hidden_layers
-    assert len(decode_reads) == 2 * 23 * layers  # 2 batches x 23 decode steps: every layer's attention
+    assert len(decode_reads) == 2 * 23 * layers  # 2 batches x 23 decode steps: every layer
     if prefill_chunk:
         assert prefill_reads[:2] == [5, 10]  # the first chunks of a batch read 5, then 10 slots
     else:

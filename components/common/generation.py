@@ -180,7 +180,7 @@ def _plain_linear_weight(module):
 
 
 def _has_hooks(module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
+    return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))  # (also decode_layer's)
 
 
 def fused_weight_bytes(fusable: list[tuple]) -> int:
@@ -323,7 +323,7 @@ class StaticBatchGenerator:
         use_cuda_graph: bool | None = None,
         attention_backends: Sequence[str] | None = DECODE_ATTENTION_BACKENDS,
         fused_projections=FUSED_PROJECTIONS,
-        decode_attention: bool = True,
+        decode_layers: bool = True,
     ):
         import torch
         from transformers.cache_utils import Cache
@@ -346,7 +346,7 @@ class StaticBatchGenerator:
         # One full-length static layer per decoder layer; sliding layers are handled by their mask.
         layer_class = _slot_static_layer_class()
         self.cache = Cache(layers=[layer_class(max_cache_len=self.cache_len) for _ in range(self.text_config.num_hidden_layers)])
-        self.decode_attentions = self._decode_attentions() if decode_attention else []
+        self.decode_layers = self._decode_layers() if decode_layers else []
         params = inspect.signature(self.language_model.forward).parameters
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
@@ -375,23 +375,23 @@ class StaticBatchGenerator:
         self.seconds = {"capture": 0.0, "prefill": 0.0, "decode": 0.0}
 
     # -- one batch ---------------------------------------------------------------------------------------
-    def _decode_attentions(self) -> list:
-        """A ``DecodeAttention`` for each layer whose fused q/k/v it can take (compiled on a GPU)."""
-        from components.common.decode_attention import DecodeAttention
+    def _decode_layers(self) -> list:
+        """A ``DecodeLayer`` for each decoder layer it can take: one whose q/k/v this generator fuses (compiled
+        on a GPU)."""
+        from components.common.decode_layer import DecodeLayer
 
-        built = []
-        for group in self.fused_groups:
-            if group.names == ("q_proj", "k_proj", "v_proj") and hasattr(group.parent, "layer_idx"):
-                built.append(DecodeAttention.build(group.parent, group.weight, self.cache.layers[group.parent.layer_idx],
-                                                   compiled=self.device.type == "cuda"))
-        return [attention for attention in built if attention is not None]
+        fused_qkv = {id(g.parent): g.weight for g in self.fused_groups if g.names == ("q_proj", "k_proj", "v_proj")}
+        built = [DecodeLayer.build(layer, fused_qkv[id(layer.self_attn)], cache_layer, compiled=self.device.type == "cuda")
+                 for layer, cache_layer in zip(self.language_model.layers, self.cache.layers)
+                 if id(getattr(layer, "self_attn", None)) in fused_qkv]
+        return [layer for layer in built if layer is not None]
 
     def _forward(self, input_ids, position_ids, masks, decode: bool = False):
         with contextlib.ExitStack() as fused:
             for group in self.fused_groups:
                 fused.enter_context(group.swapped_in())
-            for attention in self.decode_attentions if decode else ():
-                fused.enter_context(attention.swapped_in())
+            for layer in self.decode_layers if decode else ():
+                fused.enter_context(layer.swapped_in())
             outputs = self.language_model(
                 input_ids=input_ids,
                 attention_mask=masks,
@@ -511,7 +511,7 @@ class StaticBatchGenerator:
         # the sampling and the fused matmuls are kernels of their own. Not the cache length, which changes with
         # each batch's prompts: only tensor sizes depend on it, and sdpa's kernels are not compiled per shape.
         warm_up_key = (self.device, self.rows, self.settings, tuple(g.names for g in self.fused_groups),
-                       len(self.decode_attentions), tuple(self.attention_backends or ()))
+                       len(self.decode_layers), tuple(self.attention_backends or ()))
         warmed_up_backends = _WARMED_UP_BACKENDS.setdefault(self.language_model, {})
         warmed_up = warm_up_key in warmed_up_backends
         if warmed_up:

@@ -1,0 +1,178 @@
+"""Gemma 3's decoder layer for a decode step (one new token a row) in fewer kernels than the model's own.
+
+A decode step at 128-256 rows pays every small kernel in full, whatever the rows, and each GPU of a
+data-parallel rollout pays them again. In the model's layer, after the q/k/v matmul, come a copy and an
+RMSNorm for q, the same for k (the norm kernels take contiguous rows; q and k are slices of the fused
+matmul's output), RoPE, two cache writes; after attention, an RMSNorm, an add and an RMSNorm; after the MLP an
+RMSNorm and an add. Here three functions that torch.compile fuses (on CUDA) do that work:
+``norm_rope_and_store``, ``add_norm_then_norm`` and ``norm_then_add``; sdpa gets the query heads already in its
+grouped-query layout. The matmuls, sdpa, the input norm and the MLP are the model's.
+
+Used only inside the generator's captured decode step (``StaticBatchGenerator``); the prefill and training
+run the model's own layers. The math is the model's: Gemma's RMSNorm ``x / rms(x) * (1 + w)`` in fp32, cast
+back, and rotate-half RoPE; a compiled kernel may round once where eager rounds after each op.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from components.common.generation import _has_hooks
+
+log = logging.getLogger(__name__)
+
+
+def norm_rope_and_store(qkv, q_norm_weight, k_norm_weight, eps: float, cos, sin, keys, values, slot,
+                        q_heads: int, kv_heads: int):
+    """``qkv`` (rows, (q_heads + 2 kv_heads) * head_dim), one token a row: normalise q and k, rotate them by
+    ``cos``/``sin`` (rows, head_dim), write k and v into ``keys``/``values`` (rows, kv_heads, slots, head_dim)
+    at ``slot`` (a 1-element index tensor), and return q as (rows, kv_heads, q_heads // kv_heads, head_dim)."""
+    rows, head_dim = qkv.shape[0], keys.shape[-1]
+    q, k, v = qkv.view(rows, q_heads + 2 * kv_heads, head_dim).split([q_heads, kv_heads, kv_heads], dim=1)
+    q = _rotate(_gemma_rms_norm(q, q_norm_weight, eps), cos, sin)
+    k = _rotate(_gemma_rms_norm(k, k_norm_weight, eps), cos, sin)
+    keys.index_copy_(2, slot, k[:, :, None])
+    values.index_copy_(2, slot, v[:, :, None])
+    return q.reshape(rows, kv_heads, q_heads // kv_heads, head_dim)
+
+
+def add_norm_then_norm(attended, residual, post_attention_weight, pre_feedforward_weight, eps: float):
+    """The attention block's end and the MLP block's start: the residual stream after adding the normalised
+    attention output, and that stream normalised for the MLP."""
+    hidden = residual + _gemma_rms_norm(attended, post_attention_weight, eps)
+    return hidden, _gemma_rms_norm(hidden, pre_feedforward_weight, eps)
+
+
+def norm_then_add(mlp_output, residual, post_feedforward_weight, eps: float):
+    """The MLP block's end: the residual stream after adding the normalised MLP output."""
+    return residual + _gemma_rms_norm(mlp_output, post_feedforward_weight, eps)
+
+
+def _gemma_rms_norm(x, weight, eps: float):
+    import torch
+
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + weight.float())).to(x.dtype)
+
+
+def _rotate(x, cos, sin):
+    """Rotate-half RoPE (the model's ``apply_rotary_pos_emb``); ``cos``/``sin`` per row, the same for every head."""
+    import torch
+
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+@functools.cache
+def _compiled(function):
+    """``function`` compiled once a process, for any rows and cache length (dynamic shapes), so the generator's
+    first warm-up step compiles it and no later capture does."""
+    import torch
+
+    return torch.compile(function, dynamic=True, fullgraph=True)
+
+
+# Set once torch.compile has failed in this process: every DecodeLayer then runs the model's own layer.
+_COMPILE_FAILED: list[str] = []
+
+_LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+def _norm_weight_and_eps(norm, size: int):
+    """A Gemma RMSNorm's weight and epsilon, also after Liger's patch; None for any other norm."""
+    weight = getattr(norm, "weight", None)
+    if weight is None or tuple(weight.shape) != (size,) or getattr(norm, "offset", 1.0) != 1.0:
+        return None
+    if getattr(norm, "casting_mode", "gemma") != "gemma" or _has_hooks(norm):
+        return None
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None)
+    return None if eps is None else (weight, float(eps))
+
+
+class DecodeLayer:
+    """Stands in for one Gemma 3 decoder layer's ``forward`` during the decode step (``swapped_in``).
+
+    Built only for a layer whose q/k/v matmul the generator fuses (``fused_weight``: the concatenation, made
+    when the generator was built) and that is Gemma 3's as the model defines it: sdpa, no logit soft-capping,
+    Gemma RMSNorms of one epsilon, no hooks. ``build`` returns None otherwise."""
+
+    def __init__(self, layer, fused_weight, cache_layer, norm_weights: dict, eps: float, compiled: bool):
+        self.layer, self.fused_weight, self.cache_layer = layer, fused_weight, cache_layer
+        self.norm_weights, self.eps, self.compiled = norm_weights, eps, compiled
+        config = layer.self_attn.config
+        self.q_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        pick = _compiled if compiled else (lambda function: function)
+        self.norm_rope_and_store = pick(norm_rope_and_store)
+        self.add_norm_then_norm = pick(add_norm_then_norm)
+        self.norm_then_add = pick(norm_then_add)
+
+    @classmethod
+    def build(cls, layer, fused_weight, cache_layer, *, compiled: bool) -> "DecodeLayer | None":
+        attention = getattr(layer, "self_attn", None)
+        config = getattr(attention, "config", None)
+        if (type(layer).__name__ != "Gemma3DecoderLayer" or type(attention).__name__ != "Gemma3Attention"
+                or getattr(config, "_attn_implementation", None) != "sdpa"
+                or getattr(attention, "attn_logit_softcapping", None) is not None
+                or _has_hooks(layer) or _has_hooks(attention)):
+            return None
+        head_dim = attention.head_dim
+        norms = {name: _norm_weight_and_eps(getattr(attention, name), head_dim) for name in ("q_norm", "k_norm")}
+        norms.update({name: _norm_weight_and_eps(getattr(layer, name), config.hidden_size) for name in _LAYER_NORMS})
+        expected_rows = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
+        if any(norm is None for norm in norms.values()) or len({eps for _, eps in norms.values()}) != 1:
+            return None
+        if fused_weight.shape[0] != expected_rows:
+            return None
+        weights = {name: weight for name, (weight, _) in norms.items()}
+        return cls(layer, fused_weight, cache_layer, weights, next(iter(norms.values()))[1], compiled)
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        import torch
+
+        if _COMPILE_FAILED and self.compiled:
+            return type(self.layer).forward(self.layer, hidden_states, position_embeddings, attention_mask, **kwargs)
+        try:
+            return self._decode(hidden_states, position_embeddings, attention_mask)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            # A failure to compile (not one under a graph capture: the generator handles those) costs speed
+            # only. The model's layer then writes the same keys and values at the same slot again.
+            if hidden_states.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise
+            _COMPILE_FAILED.append(str(error).splitlines()[0][:200])
+            log.warning("torch.compile of the decode step's layers failed (%s): running the model's own layers "
+                        "instead", _COMPILE_FAILED[0])
+            return self.forward(hidden_states, position_embeddings, attention_mask, **kwargs)
+
+    def _decode(self, hidden_states, position_embeddings, attention_mask):
+        import torch
+
+        layer, attention, cache, w = self.layer, self.layer.self_attn, self.cache_layer, self.norm_weights
+        rows = hidden_states.shape[0]
+        normed = layer.input_layernorm(hidden_states)
+        qkv = torch.nn.functional.linear(normed[:, 0], self.fused_weight)
+        cos, sin = position_embeddings
+        query = self.norm_rope_and_store(qkv, w["q_norm"], w["k_norm"], self.eps, cos[:, 0], sin[:, 0],
+                                         cache.keys, cache.values, cache.slots, self.q_heads, self.kv_heads)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, cache.keys, cache.values, attn_mask=attention_mask, scale=attention.scaling)
+        attended = attention.o_proj(out.reshape(rows, 1, -1))
+        hidden, normed = self.add_norm_then_norm(attended, hidden_states, w["post_attention_layernorm"],
+                                                 w["pre_feedforward_layernorm"], self.eps)
+        return self.norm_then_add(layer.mlp(normed), hidden, w["post_feedforward_layernorm"], self.eps)
+
+    def swapped_in(self):
+        """A context in which the layer's calls run ``forward`` (an instance attribute shadows the class's
+        method; removed on exit)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def swap():
+            self.layer.forward = self.forward
+            try:
+                yield
+            finally:
+                del self.layer.forward
+
+        return swap()
