@@ -37,7 +37,6 @@ from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, res
 from components.common.generation import FUSED_PROJECTIONS  # a light import: torch loads inside its functions
 
 PROFILED_STEPS = 4
-# --fusions: the sibling projections each variant reads as one matmul ("qkv": the generator's default).
 # --fusions: (the sibling projections each variant reads as one matmul, whether DecodeLayer takes the layers);
 # "qkv+layers" is the generator's default.
 FUSIONS = {
@@ -137,10 +136,10 @@ def fit_fixed_and_per_row(points: list[dict]) -> dict:
 
 def greedy_agreement(model, prompts, *, new_tokens: int = 32) -> dict:
     """Greedy tokens (and whole rows) the captured step produces that the eager step, the captured step with
-    the model's own layers, and the captured step without fusions, produce too. Every run, prefill included, uses the sdpa backend the graph is
-    recorded under (the first of the list: this check is for cards that have it). On random-init weights the
-    top two logits can be near-tied, so another kernel's rounding may pick the other one, and the row goes its
-    own way; a wrong step would differ in every row from the first token."""
+    the model's own layers, and the captured step without fusions, produce too. Every run, prefill included,
+    uses the sdpa backend the graph is recorded under (the first of the list: this check is for cards that have
+    it). On random-init weights the top two logits can be near-tied, so another kernel's rounding may pick the
+    other one, and the row goes its own way; a wrong step would differ in every row from the first token."""
     from components.common.generation import DECODE_ATTENTION_BACKENDS, SamplingSettings, StaticBatchGenerator, attention_kernel
 
     def greedy(use_cuda_graph=True, fused_projections=FUSED_PROJECTIONS, decode_layers=True):

@@ -13,7 +13,10 @@ def tiny_float32(tiny_model_dir):
 
     model = load_model(tiny_model_dir, dtype="float32", device="cpu")
     torch.manual_seed(0)
-    for layer in model.model.language_model.layers:  # the tiny model's norms start at w = 0: make them count
+    for layer in model.model.language_model.layers:
+        # A scale that is not sdpa's default (the tiny model's query_pre_attn_scalar is its head_dim).
+        layer.self_attn.scaling = 0.3
+        # The tiny model's norms start at w = 0: make them count.
         for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm, layer.input_layernorm,
                      layer.post_attention_layernorm, layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm):
             norm.weight.data.normal_(0, 0.5)
@@ -117,6 +120,9 @@ def test_decode_layer_is_built_only_for_gemma3_layers_as_the_model_defines_them(
             assert build() is None
         finally:
             handle.remove()
+    monkeypatch.setattr(layer, "forward", lambda *args, **kwargs: None, raising=False)  # a forward of its own
+    assert build() is None
+    monkeypatch.delattr(layer, "forward")
     weight = weight[:-1]  # not q, k and v of this layer
     assert build() is None
 

@@ -1,5 +1,7 @@
 """The fast generation loop against transformers' own generate (greedy: token for token)."""
 
+import inspect
+
 import pytest
 
 
@@ -54,7 +56,8 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
 
     def recording_decode(*args):
         query = norm_rope_and_store(*args)
-        decode_reads.append(args[6].shape[-2])  # the keys
+        keys = inspect.signature(norm_rope_and_store).bind(*args).arguments["keys"]
+        decode_reads.append(keys.shape[-2])
         return query
 
     update, norm_rope_and_store = layer_class.update, decode_layer.norm_rope_and_store
@@ -324,6 +327,38 @@ def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_onc
     # The first recording makes a pool; every later one, of every generator, records into it.
     assert pools == [None] + ["pool 1"] * 4
     assert generation._LAST_GRAPHS[plenty.device] is recovering.graph  # the last graph recorded, kept alive
+
+
+def test_nothing_compiles_inside_a_capture(tiny, monkeypatch):
+    """A torch.compile'd function (DecodeLayer's) that would recompile inside the graph capture fails there
+    instead (the caller then warms up and records again); outside a capture it compiles. (CUDA stand-ins.)"""
+    import contextlib
+
+    import torch
+
+    from components.common import generation
+
+    model, tokenizer = tiny
+
+    class FakeGraph:
+        def capture_begin(self, pool=None):
+            pass
+
+        def capture_end(self):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    doubled = torch.compile(lambda x: x * 2, dynamic=False, backend="eager")
+    doubled(torch.ones(2))  # compiled for 2 elements
+    generator = generation.StaticBatchGenerator(
+        model, rows=2, max_prompt_len=4, pad_token_id=tokenizer.pad_token_id,
+        settings=generation.SamplingSettings(do_sample=False, max_new_tokens=4), eos_token_ids=[1], use_cuda_graph=False)
+    generator._decode_step = lambda: doubled(torch.ones(3))  # 3 elements: a recompile
+    with pytest.raises(RuntimeError, match="fail_on_recompile"):
+        generator._record_graph(stream=None, pool=None, backend=None)
+    assert doubled(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]  # outside the capture it compiles
 
 
 def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory_cap(monkeypatch):

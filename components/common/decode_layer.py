@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from components.common.generation import _has_hooks
+from components.common.generation import has_hooks
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ def _rotate(x, cos, sin):
 
 @functools.cache
 def _compiled(function):
-    """``function`` compiled once a process, for any rows and cache length (dynamic shapes), so the generator's
-    first warm-up step compiles it and no later capture does."""
+    """``function`` compiled once a process, for any rows and cache length (dynamic shapes): the generator's first
+    warm-up step compiles it. Sizes that happen to be equal at that first call (rows and cache length, say) are
+    assumed equal by the compiled code, so a later call can recompile; the generator lets that happen only in a
+    warm-up, never inside a graph capture."""
     import torch
 
     return torch.compile(function, dynamic=True, fullgraph=True)
@@ -77,7 +79,8 @@ def _compiled(function):
 # Set once torch.compile has failed in this process: every DecodeLayer then runs the model's own layer.
 _COMPILE_FAILED: list[str] = []
 
-_LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+# The layer's norms that DecodeLayer computes itself (the input norm stays the model's module).
+_LAYER_NORMS = ("post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
 
 
 def _norm_weight_and_eps(norm, size: int):
@@ -85,7 +88,7 @@ def _norm_weight_and_eps(norm, size: int):
     weight = getattr(norm, "weight", None)
     if weight is None or tuple(weight.shape) != (size,) or getattr(norm, "offset", 1.0) != 1.0:
         return None
-    if getattr(norm, "casting_mode", "gemma") != "gemma" or _has_hooks(norm):
+    if getattr(norm, "casting_mode", "gemma") != "gemma" or has_hooks(norm):
         return None
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None)
     return None if eps is None else (weight, float(eps))
@@ -96,7 +99,7 @@ class DecodeLayer:
 
     Built only for a layer whose q/k/v matmul the generator fuses (``fused_weight``: the concatenation, made
     when the generator was built) and that is Gemma 3's as the model defines it: sdpa, no logit soft-capping,
-    Gemma RMSNorms of one epsilon, no hooks. ``build`` returns None otherwise."""
+    Gemma RMSNorms of one epsilon, no hooks, no ``forward`` of its own. ``build`` returns None otherwise."""
 
     def __init__(self, layer, fused_weight, cache_layer, norm_weights: dict, eps: float, compiled: bool):
         self.layer, self.fused_weight, self.cache_layer = layer, fused_weight, cache_layer
@@ -115,7 +118,7 @@ class DecodeLayer:
         if (type(layer).__name__ != "Gemma3DecoderLayer" or type(attention).__name__ != "Gemma3Attention"
                 or getattr(config, "_attn_implementation", None) != "sdpa"
                 or getattr(attention, "attn_logit_softcapping", None) is not None
-                or _has_hooks(layer) or _has_hooks(attention)):
+                or has_hooks(layer) or has_hooks(attention) or "forward" in vars(layer)):
             return None
         head_dim = attention.head_dim
         norms = {name: _norm_weight_and_eps(getattr(attention, name), head_dim) for name in ("q_norm", "k_norm")}
@@ -135,7 +138,7 @@ class DecodeLayer:
             return type(self.layer).forward(self.layer, hidden_states, position_embeddings, attention_mask, **kwargs)
         try:
             return self._decode(hidden_states, position_embeddings, attention_mask)
-        except torch._dynamo.exc.TorchDynamoException as error:
+        except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as error:
             # A failure to compile (not one under a graph capture: the generator handles those) costs speed
             # only. The model's layer then writes the same keys and values at the same slot again.
             if hidden_states.is_cuda and torch.cuda.is_current_stream_capturing():

@@ -12,7 +12,8 @@ here and passed as Gemma 3's per-layer-type dict of additive biases (so the mode
 converts none in each layer), a cache of full-length static layers written at slots set here (sliding layers
 get a sliding-window mask instead of a rolling buffer), and each layer's q, k and v projections read as one
 matmul (``FUSED_PROJECTIONS``). The prefill attends only to the part of the cache filled so far; the captured
-decode step uses sdpa's mem-efficient kernel (``DECODE_ATTENTION_BACKENDS``). On CPU the same step runs
+decode step uses sdpa's mem-efficient kernel (``DECODE_ATTENTION_BACKENDS``) and runs each decoder layer through
+``decode_layer.DecodeLayer`` (the layer's small ops fused by torch.compile). On CPU the same step runs
 eagerly: the unit tests check it token for token against ``model.generate`` (greedy).
 
 Sampling follows ``generate``'s order: temperature, then top-k, then top-p; a token is drawn by the
@@ -171,16 +172,16 @@ def _plain_linear_weight(module):
     if hasattr(module, "get_base_layer"):
         # A PEFT adapter layer computes its base weight alone when its adapters are either off or merged into
         # it; when both, its forward first unmerges them, changing the weight.
-        if module.disable_adapters == module.merged or _has_hooks(module):
+        if module.disable_adapters == module.merged or has_hooks(module):
             return None
         module = module.get_base_layer()
-    if type(module) is not torch.nn.Linear or module.bias is not None or _has_hooks(module):
+    if type(module) is not torch.nn.Linear or module.bias is not None or has_hooks(module):
         return None
     return module.weight
 
 
-def _has_hooks(module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))  # (also decode_layer's)
+def has_hooks(module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
 
 
 def fused_weight_bytes(fusable: list[tuple]) -> int:
@@ -381,7 +382,8 @@ class StaticBatchGenerator:
         from components.common.decode_layer import DecodeLayer
 
         fused_qkv = {id(g.parent): g.weight for g in self.fused_groups if g.names == ("q_proj", "k_proj", "v_proj")}
-        built = [DecodeLayer.build(layer, fused_qkv[id(layer.self_attn)], cache_layer, compiled=self.device.type == "cuda")
+        compiled = self.device.type == "cuda"
+        built = [DecodeLayer.build(layer, fused_qkv[id(layer.self_attn)], cache_layer, compiled=compiled)
                  for layer, cache_layer in zip(self.language_model.layers, self.cache.layers)
                  if id(getattr(layer, "self_attn", None)) in fused_qkv]
         return [layer for layer in built if layer is not None]
@@ -508,8 +510,9 @@ class StaticBatchGenerator:
             stream = _RECORDING_STREAMS[self.device] = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         # What set-up on first use can depend on, besides the model: Triton's kernels specialise on shapes (rows),
-        # the sampling and the fused matmuls are kernels of their own. Not the cache length, which changes with
-        # each batch's prompts: only tensor sizes depend on it, and sdpa's kernels are not compiled per shape.
+        # the sampling, the fused matmuls and the decode layers' compiled functions are kernels of their own. Not
+        # the cache length, which changes with each batch's prompts: only tensor sizes depend on it, sdpa's
+        # kernels are not compiled per shape and the decode layers' are compiled for any (see _record_graph).
         warm_up_key = (self.device, self.rows, self.settings, tuple(g.names for g in self.fused_groups),
                        len(self.decode_layers), tuple(self.attention_backends or ()))
         warmed_up_backends = _WARMED_UP_BACKENDS.setdefault(self.language_model, {})
@@ -554,8 +557,10 @@ class StaticBatchGenerator:
 
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        # The kernel choice is recorded in the graph: it holds for every replay.
-        with attention_kernel(backend), torch.cuda.stream(stream):
+        # The kernel choice is recorded in the graph: it holds for every replay. Nothing compiles inside the
+        # capture: a torch.compile'd function (DecodeLayer's) that would recompile fails instead, and the caller
+        # warms up (compiling there) and records again.
+        with attention_kernel(backend), torch.cuda.stream(stream), torch.compiler.set_stance("fail_on_recompile"):
             graph.capture_begin(pool=pool)
             try:
                 self._decode_step()
