@@ -9,6 +9,8 @@ are multiplied in one captured CUDA graph, as in the decode step, by:
 - ``triton``: a split-K Triton kernel, each config in ``CONFIGS`` tried (the best is reported, all are kept).
 
     python bench/bench_decode_gemm.py --rows 128,256 --output bench/results/decode_gemm_h200.json
+
+(``decode_gemm_h200.json`` was measured with a 262,144-row ``lm_head``, before the shapes came from the config.)
 """
 
 from __future__ import annotations
@@ -18,15 +20,25 @@ import itertools
 import json
 import time
 
-# Gemma-3-4B's decode matmuls: (out features, in features, calls a step).
-SHAPES = {
-    "qkv": (4096, 2560, 34),
-    "o_proj": (2560, 2048, 34),
-    "gate|up": (10240, 2560, 68),
-    "down": (2560, 10240, 34),
-    "lm_head": (262144, 2560, 1),
-}
-LAYERS = 34
+from bench_eval import GEMMA3_4B_TEXT
+
+
+def decode_matmul_shapes(text: dict = GEMMA3_4B_TEXT) -> dict[str, tuple[int, int, int]]:
+    """The decode step's matmuls: name -> (out features, in features, calls a step), q/k/v fused as the
+    generator does."""
+    hidden, heads, layers = text["hidden_size"], text["head_dim"], text["num_hidden_layers"]
+    q, kv, mlp = text["num_attention_heads"] * heads, text["num_key_value_heads"] * heads, text["intermediate_size"]
+    return {
+        "qkv": (q + 2 * kv, hidden, layers),
+        "o_proj": (hidden, q, layers),
+        "gate|up": (mlp, hidden, 2 * layers),
+        "down": (hidden, mlp, layers),
+        "lm_head": (text["vocab_size"], hidden, 1),
+    }
+
+
+SHAPES = decode_matmul_shapes()
+LAYERS = GEMMA3_4B_TEXT["num_hidden_layers"]
 # (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
 CONFIGS = list(itertools.product((32, 64, 128), (128,), (1, 2, 4, 8), (4, 8), (3,)))
 
@@ -170,7 +182,7 @@ def main() -> int:
                                 "triton_best": round(ok[best]["us"] * calls / 1e3, 3) if best else None},
                 "triton_configs": tried,
             }
-            report["results"][f"{name}@{rows}"] = result
+            report["results"][f"{name}@{rows}"] = {"out_in_features": [n, k], **result}
             print(name, rows, json.dumps({k: v for k, v in result.items() if k != "triton_configs"}), flush=True)
             del xs, outs
         del ws
