@@ -37,7 +37,9 @@ def _reference(model, tokenizer, prompts, new_tokens):
 
 @pytest.mark.parametrize("sliding_window", [None, 12])
 @pytest.mark.parametrize("prefill_chunk", [None, 5])
-def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window, prefill_chunk, monkeypatch):
+@pytest.mark.parametrize("decode_layers", [True, False])
+def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window, prefill_chunk, decode_layers,
+                                                                     monkeypatch):
     from components.common import decode_layer, generation
     from components.common.generation import SamplingSettings, generate_completions
 
@@ -45,7 +47,7 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
     if prefill_chunk:  # 4 prompts in batches of 2 rows: prefilled 5 positions at a time
         monkeypatch.setattr(generation, "PREFILL_TOKENS", 2 * prefill_chunk)
     # Keys each attention layer reads: during prefill only the slots filled so far (the model's layers), while
-    # decoding the whole cache (the generator's DecodeLayers).
+    # decoding the whole cache (the generator's DecodeLayers, or the model's layers without them).
     layer_class = generation._slot_static_layer_class()
     read_lengths, decode_reads = [], []
 
@@ -71,14 +73,18 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
         prompts = _prompts(tokenizer, TEXTS)
         eos = list(model.generation_config.eos_token_id)
         ours = generate_completions(model, prompts, settings=SamplingSettings(do_sample=False, max_new_tokens=24),
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, batch_size=3)
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, batch_size=3,
+                                    decode_layers=decode_layers)
         reference = _reference(model, tokenizer, prompts, 24)
     finally:
         text_config.sliding_window, text_config.layer_types = saved[0], saved[1]
     cache_len = max(map(len, prompts)) + 24
+    layers = model.config.get_text_config().num_hidden_layers
+    if not decode_layers:  # the model's layers read through the cache's update, then the whole cache
+        decode_reads = [n for n in read_lengths if n == cache_len]
+        read_lengths = [n for n in read_lengths if n < cache_len]
     prefill_reads = sorted(set(read_lengths))
     assert prefill_reads[-1] < cache_len and set(decode_reads) == {cache_len}
-    layers = model.config.get_text_config().num_hidden_layers
     assert len(decode_reads) == 2 * 23 * layers  # 2 batches x 23 decode steps: every layer
     if prefill_chunk:
         assert prefill_reads[:2] == [5, 10]  # the first chunks of a batch read 5, then 10 slots

@@ -138,9 +138,19 @@ def test_unmerged_rollout_gets_the_lora_input_casts_back(tiny_model_dir, monkeyp
     assert not any(m.cast_input_dtype_enabled for m in peft_model.modules() if hasattr(m, "cast_input_dtype_enabled"))
 
 
-def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_demo_dir, tmp_path):
+def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_demo_dir, tmp_path, monkeypatch):
+    from components.common import generation
     from components.grpo_train.core import train_grpo
 
+    decode_layers_built = []
+    build = generation.StaticBatchGenerator._decode_layers
+
+    def recording_build(self):
+        layers = build(self)
+        decode_layers_built.append(len(layers))
+        return layers
+
+    monkeypatch.setattr(generation.StaticBatchGenerator, "_decode_layers", recording_build)
     out = tmp_path / "train"
     outcome = train_grpo("tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, show_progress=False, rollout="static-graph",
                          overrides=["train.per_device_train_batch_size=8", "train.max_completion_length=8",
@@ -154,6 +164,10 @@ def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_de
     # The phases are parts of the call (rounded to 3 decimals, the call to 2).
     assert all(sum(p.values()) <= total + 0.01 for p, total in zip(phases, summary["rollout_seconds"]))
     assert 0 < summary["metrics"]["completion_mean_length"] <= 8
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(tiny_model_dir).get_text_config().num_hidden_layers
+    assert decode_layers_built == [layers] * 2  # every rollout runs the decode step through DecodeLayers
 
 
 def test_expandable_segments_are_asked_for_unless_the_user_chose(monkeypatch):

@@ -160,6 +160,7 @@ class StaticGraphRollout:
                 results = generate_completions(
                     model, prompt_ids, settings=self._settings(trainer), pad_token_id=pad_id,
                     eos_token_ids=trainer.eos_token_ids, batch_size=self.batch_size, seed=None, phase_seconds=phases,
+                    decode_layers=True,  # compiled once, then every rollout of the run is faster
                 )
         finally:
             model.train(was_training)
