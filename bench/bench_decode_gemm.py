@@ -22,6 +22,8 @@ import time
 
 from bench_eval import GEMMA3_4B_TEXT
 
+from components.common.jsonl import write_json
+
 
 def decode_matmul_shapes(text: dict = GEMMA3_4B_TEXT) -> dict[str, tuple[int, int, int]]:
     """The decode step's matmuls: name -> (out features, in features, calls a step), q/k/v fused as the
@@ -187,8 +189,7 @@ def main() -> int:
             del xs, outs
         del ws
         torch.cuda.empty_cache()
-    with open(a.output, "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(a.output, report)
     return 0
 
 

@@ -10,9 +10,9 @@ a new generator, as each rollout does. Options:
 - ``--profile``: each step's kernels with their device time (torch.profiler sees replayed kernels);
 - ``--liger``: with Liger's kernels, as the GPU recipes run; ``--eval-sampling``: the evaluation's sampling
   (T 0.7, top-p 0.9, top-k 64) instead of the rollout's (T 1.0);
-- ``--fusions``: what the step fuses, a timing for each: ``qkv+layers`` (the generator's default: q/k/v as
-  one matmul, and ``DecodeLayer``'s compiled norms, RoPE, cache writes and adds), ``qkv`` (the fused matmul in
-  the model's own layers), ``none``, ``qkv+gate_up``.
+- ``--fusions``: what the step fuses, a timing for each: ``qkv+layers`` (what the training rollout runs: q/k/v
+  as one matmul, and ``DecodeLayer``'s compiled norms, RoPE, cache writes and adds), ``qkv`` (the fused matmul
+  in the model's own layers: what the evaluate step runs), ``none``, ``qkv+gate_up``.
 
 On a GPU the report also checks that the graph computes what the eager step does (greedy tokens).
 
@@ -38,7 +38,7 @@ from components.common.generation import FUSED_PROJECTIONS  # a light import: to
 
 PROFILED_STEPS = 4
 # --fusions: (the sibling projections each variant reads as one matmul, whether DecodeLayer takes the layers);
-# "qkv+layers" is the generator's default.
+# "qkv+layers" is what the training rollout runs, "qkv" what the evaluate step runs.
 FUSIONS = {
     "qkv+layers": (FUSED_PROJECTIONS, True),
     "qkv": (FUSED_PROJECTIONS, False),

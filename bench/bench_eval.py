@@ -94,8 +94,9 @@ def run_header(tiny: bool) -> dict:
 
 def write_report(output: str, report: dict) -> None:
     """The report as JSON at ``output`` (folders made) and on stdout."""
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps(report, indent=2) + "\n")
+    from components.common.jsonl import write_json
+
+    write_json(output, report)
     print(json.dumps(report, indent=2))
 
 

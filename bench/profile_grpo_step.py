@@ -37,6 +37,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_eval import sync  # noqa: E402  (importable once bench/ is on the path)
 
+from components.common.jsonl import write_json  # noqa: E402
+
 TOP_KERNELS = 25
 
 
@@ -209,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.rank_of:
         report["rank"] = int(os.environ["RANK"])  # set by torchrun
         output = Path(a.rank_of).with_suffix(f".rank{report['rank']}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output, report)
     print(json.dumps({k: report[k] for k in ("card", "settings", "step_seconds", "phases", "peak_memory_gib")}, indent=1))
     for region, data in timer.profiles.items():
         print(f"\n{region}: {data['device_ms_total']} ms device")
@@ -233,8 +234,7 @@ def profile_on_ranks(argv: list[str], a) -> int:
         part = output.resolve().with_suffix(f".rank{rank}.json")
         ranks[str(rank)] = json.loads(part.read_text())
         part.unlink()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"gpus": a.gpus, "ranks": ranks}, indent=2) + "\n")
+    write_json(output, {"gpus": a.gpus, "ranks": ranks})
     return 0
 
 

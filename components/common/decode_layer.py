@@ -15,6 +15,7 @@ back, and rotate-half RoPE; a compiled kernel may round once where eager rounds 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
@@ -124,12 +125,13 @@ class DecodeLayer:
         norms = {name: _norm_weight_and_eps(getattr(attention, name), head_dim) for name in ("q_norm", "k_norm")}
         norms.update({name: _norm_weight_and_eps(getattr(layer, name), config.hidden_size) for name in _LAYER_NORMS})
         expected_rows = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
-        if any(norm is None for norm in norms.values()) or len({eps for _, eps in norms.values()}) != 1:
+        if any(norm is None for norm in norms.values()) or fused_weight.shape[0] != expected_rows:
             return None
-        if fused_weight.shape[0] != expected_rows:
+        epsilons = {eps for _, eps in norms.values()}
+        if len(epsilons) != 1:
             return None
         weights = {name: weight for name, (weight, _) in norms.items()}
-        return cls(layer, fused_weight, cache_layer, weights, next(iter(norms.values()))[1], compiled)
+        return cls(layer, fused_weight, cache_layer, weights, epsilons.pop(), compiled)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         import torch
@@ -165,17 +167,12 @@ class DecodeLayer:
                                                  w["pre_feedforward_layernorm"], self.eps)
         return self.norm_then_add(layer.mlp(normed), hidden, w["post_feedforward_layernorm"], self.eps)
 
+    @contextlib.contextmanager
     def swapped_in(self):
         """A context in which the layer's calls run ``forward`` (an instance attribute shadows the class's
         method; removed on exit)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def swap():
-            self.layer.forward = self.forward
-            try:
-                yield
-            finally:
-                del self.layer.forward
-
-        return swap()
+        self.layer.forward = self.forward
+        try:
+            yield
+        finally:
+            del self.layer.forward
