@@ -114,7 +114,10 @@ def test_decode_layer_is_built_only_for_gemma3_layers_as_the_model_defines_them(
     monkeypatch.setattr(attention.config, "_attn_implementation", "eager")
     assert build() is None
     monkeypatch.setattr(attention.config, "_attn_implementation", "sdpa")
-    for hooked in (layer, attention, layer.post_feedforward_layernorm):
+    monkeypatch.setattr(attention.config, "hidden_activation", "gelu")  # not the MLP it computes
+    assert build() is None
+    monkeypatch.setattr(attention.config, "hidden_activation", "gelu_pytorch_tanh")
+    for hooked in (layer, attention, layer.post_feedforward_layernorm, attention.o_proj, layer.mlp, layer.mlp.up_proj):
         handle = hooked.register_forward_hook(lambda *args: None)
         try:
             assert build() is None
@@ -155,3 +158,14 @@ def test_a_failed_compile_falls_back_to_the_models_layer_for_the_process(tiny_fl
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert calls == ["norm_rope_and_store"]  # the later one did not try again
     assert "torch.compile of the decode step's layers failed" in caplog.text
+
+
+def test_decode_layer_weights_are_counted_for_the_generators_memory(tiny_float32):
+    """o_proj's reordered copy and gate/up stacked, per layer: what the batch size from free memory leaves room for."""
+    from components.common.decode_layer import weight_bytes
+
+    model, text = tiny_float32
+    language_model = model.model.language_model
+    expected = sum(4 * (layer.self_attn.o_proj.weight.numel() + layer.mlp.gate_proj.weight.numel()
+                        + layer.mlp.up_proj.weight.numel()) for layer in language_model.layers)
+    assert weight_bytes(language_model) == expected

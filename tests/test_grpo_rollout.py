@@ -49,7 +49,8 @@ def test_generation_fuses_projections_only_where_they_compute_a_plain_matmul(tin
     projections are plain, and the fused weights built inside the merge are the merged ones."""
     import torch
 
-    from components.common.generation import _FusedProjections, fusable_projections
+    from components.common.generation import (_FusedProjections, fusable_projections, fused_weight_bytes,
+                                              stacked_copy_bytes)
     from components.grpo_train.rollout import merged_lora_weights
 
     peft_model = _peft_tiny(tiny_model_dir)
@@ -61,11 +62,17 @@ def test_generation_fuses_projections_only_where_they_compute_a_plain_matmul(tin
         assert len(groups) == len(language_model.layers)
         merged_q = attention.q_proj.get_base_layer().weight.detach().clone()
         fused = _FusedProjections(*groups[0])
+        # The merge stacks q, k and v (and gate, up) in one tensor: the generator takes them as they lie.
+        assert fused_weight_bytes(groups) == 0
+        assert fused.weight.data_ptr() == attention.q_proj.get_base_layer().weight.data_ptr()
+        mlp = language_model.layers[0].mlp
+        assert stacked_copy_bytes([mlp.gate_proj.get_base_layer().weight, mlp.up_proj.get_base_layer().weight]) == 0
     base_q = attention.q_proj.get_base_layer().weight.detach()
     q_rows = base_q.shape[0]
     assert torch.equal(fused.weight[:q_rows], merged_q) and not torch.equal(merged_q, base_q)
     with peft_model.disable_adapter():
         assert len(fusable_projections(language_model)) == len(language_model.layers)
+        assert fused_weight_bytes(fusable_projections(language_model)) > 0  # separate tensors: copied
     # PEFT's own merge: plain while merged; merged and switched off, its forward would unmerge first.
     peft_model.merge_adapter()
     assert len(fusable_projections(language_model)) == len(language_model.layers)

@@ -4,9 +4,11 @@ A decode step at 128-256 rows pays every small kernel in full, whatever the rows
 data-parallel rollout pays them again. In the model's layer, after the q/k/v matmul, come a copy and an
 RMSNorm for q, the same for k (the norm kernels take contiguous rows; q and k are slices of the fused
 matmul's output), RoPE, two cache writes; after attention, an RMSNorm, an add and an RMSNorm; after the MLP an
-RMSNorm and an add. Here three functions that torch.compile fuses (on CUDA) do that work:
-``norm_rope_and_store``, ``add_norm_then_norm`` and ``norm_then_add``; sdpa gets the query heads already in its
-grouped-query layout. The matmuls, sdpa, the input norm and the MLP are the model's.
+RMSNorm and an add. Here four functions that torch.compile fuses (on CUDA) do that work:
+``norm_rope_and_store``, ``add_norm_then_norm``, ``gelu_tanh_times`` and ``norm_then_add``; sdpa gets the query
+heads already in its grouped-query layout, and o_proj takes sdpa's output as it lies (its weight's columns
+reordered to match; the model's path copies it back into head order first); gate and up are one matmul. The
+input norm and sdpa are the model's; the matmuls use the model's (merged) weights.
 
 Used only inside the generator's captured decode step (``StaticBatchGenerator``); the prefill and training
 run the model's own layers. The math is the model's: Gemma's RMSNorm ``x / rms(x) * (1 + w)`` in fp32, cast
@@ -19,7 +21,7 @@ import contextlib
 import functools
 import logging
 
-from components.common.generation import has_hooks
+from components.common.generation import has_hooks, plain_linear_weight, stacked, stacked_copy_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,14 @@ def add_norm_then_norm(attended, residual, post_attention_weight, pre_feedforwar
     attention output, and that stream normalised for the MLP."""
     hidden = residual + _gemma_rms_norm(attended, post_attention_weight, eps)
     return hidden, _gemma_rms_norm(hidden, pre_feedforward_weight, eps)
+
+
+def gelu_tanh_times(gate_up):
+    """Gemma's MLP activation on ``gate_up`` (the gate and up projections side by side): gelu_tanh(gate) * up."""
+    import torch
+
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    return (torch.nn.functional.gelu(gate, approximate="tanh") * up).to(gate_up.dtype)
 
 
 def norm_then_add(mlp_output, residual, post_feedforward_weight, eps: float):
@@ -95,21 +105,61 @@ def _norm_weight_and_eps(norm, size: int):
     return None if eps is None else (weight, float(eps))
 
 
+# What DecodeLayer computes an MLP of as Gemma 3's: gelu_tanh(gate(x)) * up(x), then down (Liger's patch keeps it).
+_GEMMA_MLPS = ("Gemma3MLP", "LigerGEGLUMLP")
+
+
+def _mlp_weights(mlp, config):
+    """(gate, up, down) weights of a Gemma 3 MLP that computes plain matmuls; None for any other."""
+    if (type(mlp).__name__ not in _GEMMA_MLPS or has_hooks(mlp) or "forward" in vars(mlp)
+            or getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh"):
+        return None
+    weights = [plain_linear_weight(getattr(mlp, name, None)) for name in ("gate_proj", "up_proj", "down_proj")]
+    return None if any(w is None for w in weights) else weights
+
+
+def grouped_query_columns(o_weight, kv_heads: int, group: int):
+    """o_proj's weight with its input columns in sdpa's output order for grouped queries, (group, kv head, dim),
+    instead of the heads' order (kv head, group, dim)."""
+    hidden, width = o_weight.shape
+    return o_weight.view(hidden, kv_heads, group, width // (kv_heads * group)).transpose(1, 2).reshape(hidden, width)
+
+
+def weight_bytes(language_model) -> int:
+    """What the DecodeLayers of a generator over ``language_model`` allocate at most: o_proj's reordered weights,
+    and gate/up stacked where they are not already."""
+    total = 0
+    for layer in language_model.layers:
+        o_proj, mlp = getattr(layer.self_attn, "o_proj", None), getattr(layer, "mlp", None)
+        o_weight = plain_linear_weight(o_proj) if o_proj is not None else None
+        mlp_weights = _mlp_weights(mlp, layer.self_attn.config) if mlp is not None else None
+        if o_weight is not None and mlp_weights is not None:
+            total += o_weight.numel() * o_weight.element_size() + stacked_copy_bytes(mlp_weights[:2])
+    return total
+
+
 class DecodeLayer:
     """Stands in for one Gemma 3 decoder layer's ``forward`` during the decode step (``swapped_in``).
 
     Built only for a layer whose q/k/v matmul the generator fuses (``fused_weight``: the concatenation, made
     when the generator was built) and that is Gemma 3's as the model defines it: sdpa, no logit soft-capping,
-    Gemma RMSNorms of one epsilon, no hooks, no ``forward`` of its own. ``build`` returns None otherwise."""
+    Gemma RMSNorms of one epsilon, o_proj and the MLP plain matmuls (no live adapters: the rollout merges
+    them), no hooks, no ``forward`` of its own. ``build`` returns None otherwise. It copies o_proj's weight
+    (reordered) and gate/up's (stacked, unless they lie so already) when built: build one per generator."""
 
-    def __init__(self, layer, fused_weight, cache_layer, norm_weights: dict, eps: float, compiled: bool):
+    def __init__(self, layer, fused_weight, cache_layer, norm_weights: dict, eps: float, compiled: bool, mlp_weights):
+        config = layer.self_attn.config
         self.layer, self.fused_weight, self.cache_layer = layer, fused_weight, cache_layer
         self.norm_weights, self.eps, self.compiled = norm_weights, eps, compiled
-        config = layer.self_attn.config
         self.q_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.o_weight = grouped_query_columns(plain_linear_weight(layer.self_attn.o_proj).detach(), self.kv_heads,
+                                              self.q_heads // self.kv_heads)
+        gate, up, self.down_weight = (w.detach() for w in mlp_weights)
+        self.gate_up_weight = stacked([gate, up])
         pick = _compiled if compiled else (lambda function: function)
         self.norm_rope_and_store = pick(norm_rope_and_store)
         self.add_norm_then_norm = pick(add_norm_then_norm)
+        self.gelu_tanh_times = pick(gelu_tanh_times)
         self.norm_then_add = pick(norm_then_add)
 
     @classmethod
@@ -121,6 +171,9 @@ class DecodeLayer:
                 or getattr(attention, "attn_logit_softcapping", None) is not None
                 or has_hooks(layer) or has_hooks(attention) or "forward" in vars(layer)):
             return None
+        mlp_weights = _mlp_weights(layer.mlp, config)
+        if mlp_weights is None or plain_linear_weight(attention.o_proj) is None:
+            return None
         head_dim = attention.head_dim
         norms = {name: _norm_weight_and_eps(getattr(attention, name), head_dim) for name in ("q_norm", "k_norm")}
         norms.update({name: _norm_weight_and_eps(getattr(layer, name), config.hidden_size) for name in _LAYER_NORMS})
@@ -131,7 +184,7 @@ class DecodeLayer:
         if len(epsilons) != 1:
             return None
         weights = {name: weight for name, (weight, _) in norms.items()}
-        return cls(layer, fused_weight, cache_layer, weights, epsilons.pop(), compiled)
+        return cls(layer, fused_weight, cache_layer, weights, epsilons.pop(), compiled, mlp_weights)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         import torch
@@ -153,19 +206,23 @@ class DecodeLayer:
     def _decode(self, hidden_states, position_embeddings, attention_mask):
         import torch
 
+        linear = torch.nn.functional.linear
         layer, attention, cache, w = self.layer, self.layer.self_attn, self.cache_layer, self.norm_weights
         rows = hidden_states.shape[0]
         normed = layer.input_layernorm(hidden_states)
-        qkv = torch.nn.functional.linear(normed[:, 0], self.fused_weight)
+        qkv = linear(normed[:, 0], self.fused_weight)
         cos, sin = position_embeddings
         query = self.norm_rope_and_store(qkv, w["q_norm"], w["k_norm"], self.eps, cos[:, 0], sin[:, 0],
                                          cache.keys, cache.values, cache.slots, self.q_heads, self.kv_heads)
         out = torch.nn.functional.scaled_dot_product_attention(
             query, cache.keys, cache.values, attn_mask=attention_mask, scale=attention.scaling)
-        attended = attention.o_proj(out.reshape(rows, 1, -1))
+        # (rows, kv heads, group, dim) over memory laid out (rows, group, kv heads, dim) by the mem-efficient
+        # kernel: the transposed view is contiguous (any other kernel's layout gets copied, correctly).
+        attended = linear(out.transpose(1, 2).reshape(rows, 1, -1), self.o_weight)
         hidden, normed = self.add_norm_then_norm(attended, hidden_states, w["post_attention_layernorm"],
                                                  w["pre_feedforward_layernorm"], self.eps)
-        return self.norm_then_add(layer.mlp(normed), hidden, w["post_feedforward_layernorm"], self.eps)
+        mlp_output = linear(self.gelu_tanh_times(linear(normed, self.gate_up_weight)), self.down_weight)
+        return self.norm_then_add(mlp_output, hidden, w["post_feedforward_layernorm"], self.eps)
 
     @contextlib.contextmanager
     def swapped_in(self):

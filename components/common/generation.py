@@ -164,7 +164,7 @@ def _slot_static_layer_class():
 FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("self_attn", ("q_proj", "k_proj", "v_proj")),)
 
 
-def _plain_linear_weight(module):
+def plain_linear_weight(module):
     """The weight of the bias-free linear map that ``module`` computes now, or None if it computes more or
     otherwise (a live LoRA adapter, a bias, a quantized layer, hooks that the fused matmul would skip)."""
     import torch
@@ -185,8 +185,31 @@ def has_hooks(module) -> bool:
 
 
 def fused_weight_bytes(fusable: list[tuple]) -> int:
-    """Memory the concatenated weights of these groups (``fusable_projections``) take."""
-    return sum(w.numel() * w.element_size() for *_, weights in fusable for w in weights)
+    """Memory the concatenated weights of these groups (``fusable_projections``) take: those that ``stacked``
+    has to copy."""
+    return sum(stacked_copy_bytes(weights) for *_, weights in fusable)
+
+
+def stacked(weights):
+    """The weights stacked by rows (one matmul's weight): a view where they already lie that way, one after the
+    other in one tensor (the rollout merges its LoRA weights so), else a copy."""
+    import torch
+
+    if not stacked_copy_bytes(weights):
+        first = weights[0]
+        return first.as_strided((sum(w.shape[0] for w in weights), *first.shape[1:]), first.stride())
+    return torch.cat(weights)
+
+
+def stacked_copy_bytes(weights) -> int:
+    """What ``stacked(weights)`` allocates: 0 for a view."""
+    first, offset = weights[0], weights[0].storage_offset()
+    for w in weights:
+        if (not w.is_contiguous() or w.dtype != first.dtype or w.shape[1:] != first.shape[1:]
+                or w.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or w.storage_offset() != offset):
+            return sum(w.numel() * w.element_size() for w in weights)
+        offset += w.numel()
+    return 0
 
 
 def fusable_projections(language_model, groups=FUSED_PROJECTIONS) -> list[tuple]:
@@ -195,7 +218,7 @@ def fusable_projections(language_model, groups=FUSED_PROJECTIONS) -> list[tuple]
     for layer in language_model.layers:
         for parent_name, names in groups:
             parent = getattr(layer, parent_name, None)
-            weights = [_plain_linear_weight(getattr(parent, name, None)) for name in names]
+            weights = [plain_linear_weight(getattr(parent, name, None)) for name in names]
             if parent is not None and all(w is not None for w in weights):
                 found.append((parent, names, weights))
     return found
@@ -206,15 +229,16 @@ class _FusedProjections:
 
     The members replace the projections only while the generator runs the model (``swapped_in``). A member
     called with an input the group has not seen runs the whole matmul on it, so each returns its own
-    projection of its own input, whatever the call order. The concatenated weights are a copy, made when the
-    generator is built: the rollout builds it inside the LoRA merge, so it holds the merged weights.
+    projection of its own input, whatever the call order. The concatenated weights are taken when the generator
+    is built (a copy, unless they already lie one after the other): the rollout builds it inside the LoRA
+    merge, so it holds the merged weights.
     """
 
     def __init__(self, parent, names, weights):
         import torch
 
         self.parent, self.names = parent, names
-        self.weight = torch.cat([w.detach() for w in weights])
+        self.weight = stacked([w.detach() for w in weights])
         self.sizes = [w.shape[0] for w in weights]
         self.input = self.outputs = None
         self.waiting: set[int] = set()
@@ -676,8 +700,13 @@ def generate_completions(
         torch.manual_seed(seed)
     max_prompt_len = max(len(p) for p in prompts)
     cache_len = max_prompt_len + settings.max_new_tokens
-    fused_bytes = fused_weight_bytes(fusable_projections(model.model.language_model))
-    rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts), extra_bytes=fused_bytes)
+    language_model = model.model.language_model
+    weight_bytes = fused_weight_bytes(fusable_projections(language_model))
+    if decode_layers:
+        from components.common import decode_layer
+
+        weight_bytes += decode_layer.weight_bytes(language_model)
+    rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts), extra_bytes=weight_bytes)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = _even_batches(order, rows)
     generator = StaticBatchGenerator(

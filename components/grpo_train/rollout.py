@@ -33,12 +33,18 @@ def unsupported_reason(config) -> str | None:
     return None
 
 
+# Sibling projections whose merged weights go into one tensor, stacked by rows: the generator reads q/k/v as one
+# matmul (and gate/up in the decode step) and then takes them as they lie instead of copying them.
+STACKED_SIBLINGS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+
+
 @contextlib.contextmanager
 def merged_lora_weights(peft_model):
     """Inside: adapters off and each LoRA linear of the language model computing with W + scaling * B @ A.
 
-    The merged weights are new tensors (fp32 sum, one rounding to the weight dtype); the originals are put
-    back on exit. Yields False (and changes nothing) where an adapter is not a plain LoRA linear (DoRA, ...).
+    The merged weights are new tensors (fp32 sum, one rounding to the weight dtype), siblings of
+    ``STACKED_SIBLINGS`` stacked in one; the originals are put back on exit. Yields False (and changes nothing)
+    where an adapter is not a plain LoRA linear (DoRA, ...).
     """
     import torch
     from peft.tuners.lora import Linear as LoraLinear
@@ -53,21 +59,53 @@ def merged_lora_weights(peft_model):
     saved = []
     try:
         with torch.no_grad():
-            for layer in layers:
-                base = layer.get_base_layer()
-                merged = base.weight.float()
-                for name in layer.active_adapters:
-                    if name in layer.lora_A:
-                        merged = merged.addmm(layer.lora_B[name].weight.float(), layer.lora_A[name].weight.float(),
-                                              alpha=layer.scaling[name])
-                saved.append((base.weight, base.weight.data))
-                base.weight.data = merged.to(base.weight.dtype)
-                del merged
+            for group in _merge_groups(language_model, layers):
+                bases = [layer.get_base_layer() for layer in group]
+                if len(group) > 1:
+                    first = bases[0].weight
+                    stack = torch.empty(sum(b.weight.shape[0] for b in bases), *first.shape[1:], dtype=first.dtype,
+                                        device=first.device)
+                    targets = stack.split([b.weight.shape[0] for b in bases])
+                else:
+                    targets = [None]
+                for layer, base, target in zip(group, bases, targets):
+                    merged = _merged_weight(layer, base)
+                    saved.append((base.weight, base.weight.data))
+                    base.weight.data = merged.to(base.weight.dtype) if target is None else target.copy_(merged)
+                    del merged
         with peft_model.disable_adapter():
             yield True
     finally:
         for param, data in saved:
             param.data = data
+
+
+def _merged_weight(layer, base):
+    """W + scaling * B @ A over the active adapters, in fp32."""
+    merged = base.weight.float()
+    for name in layer.active_adapters:
+        if name in layer.lora_A:
+            merged = merged.addmm(layer.lora_B[name].weight.float(), layer.lora_A[name].weight.float(),
+                                  alpha=layer.scaling[name])
+    return merged
+
+
+def _merge_groups(language_model, lora_layers: list) -> list[list]:
+    """The LoRA layers to merge, in groups: each decoder layer's ``STACKED_SIBLINGS`` where all of a group are
+    LoRA layers of one input size, dtype and device; every other layer alone."""
+    ids = {id(layer) for layer in lora_layers}
+    groups, grouped = [], set()
+    for decoder_layer in getattr(language_model, "layers", ()):
+        for parent_name, names in STACKED_SIBLINGS:
+            parent = getattr(decoder_layer, parent_name, None)
+            members = [getattr(parent, name, None) for name in names]
+            if any(id(m) not in ids for m in members):
+                continue
+            weights = [m.get_base_layer().weight for m in members]
+            if len({(w.shape[1:], w.dtype, w.device) for w in weights}) == 1:
+                groups.append(members)
+                grouped.update(id(m) for m in members)
+    return groups + [[layer] for layer in lora_layers if id(layer) not in grouped]
 
 
 def lora_layers(model) -> list:
