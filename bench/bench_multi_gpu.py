@@ -15,8 +15,9 @@ Two workloads:
     python bench/bench_multi_gpu.py --tiny --gpus 1,2 --steps 30 --output bench/results/multi_gpu_tiny_h100x2.json
     python bench/bench_multi_gpu.py --tiny --gpus 1,2 --steps 2                   # CPU smoke run (2 processes)
 
-Output JSON: ``runs[N]`` holds ``seconds_per_step`` (median of the steps after the first, which carries
-warm-up), ``optimizer_steps_per_s``, ``step_seconds`` and ``curve`` (per step: loss, reward, reward_std);
+Output JSON: ``cards`` holds each GPU's matmul and memory-copy rate (measured first); ``runs[N]`` holds
+``seconds_per_step`` (median of the steps after the first, which carries warm-up), ``optimizer_steps_per_s``,
+``step_seconds``, ``rollout_seconds_by_rank`` (per step) and ``curve`` (per step: loss, reward, reward_std);
 ``speedup[N]`` is seconds_per_step at 1 GPU / at N; ``curve_max_abs_diff[N]`` compares N's curve with 1's.
 """
 
@@ -92,8 +93,14 @@ def run_one(a) -> dict:
             "wall_seconds": round(wall, 1), "step_seconds": [round(s, 3) for s in steps],
             "seconds_per_step": round(per_step, 3) if per_step else None,
             "optimizer_steps_per_s": round(1 / per_step, 4) if per_step else None,
-            "rollout_split": rollout_split(json.loads((out / "adapter" / "training_summary.json").read_text())),
-            "curve": curve}
+            **rollout_report(json.loads((out / "adapter" / "training_summary.json").read_text())), "curve": curve}
+
+
+def rollout_report(summary: dict) -> dict:
+    """The rollout's split (below) and each rank's rollout seconds per step (where a slower rank holds the others)."""
+    by_rank = summary.get("rollout_seconds_by_rank") or ([summary["rollout_seconds"]] if summary.get("rollout_seconds") else [])
+    return {"rollout_split": rollout_split(summary),
+            "rollout_seconds_by_rank": [[round(s, 3) for s in rank] for rank in by_rank]}
 
 
 def rollout_split(summary: dict) -> dict | None:
@@ -108,6 +115,38 @@ def rollout_split(summary: dict) -> dict | None:
     if by_rank:  # a rank that samples slower holds the others at the next gather
         split["whole_call_by_rank"] = [round(statistics.median(c[later]), 3) for c in by_rank]
     return split
+
+
+def card_speeds() -> list[dict]:
+    """Each visible GPU's bf16 matmul rate and device-memory copy rate, ~2 s each: a data-parallel step goes at the
+    pace of its slowest card, the 1-GPU run at that of the first."""
+    import torch
+
+    speeds = []
+    for index in range(torch.cuda.device_count()):
+        with torch.cuda.device(index):
+            a, b = (torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+            source = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+            target = torch.empty_like(source)
+
+            def seconds(work, repeats: int) -> float:
+                work()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(repeats):
+                    work()
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end) / 1000
+
+            matmul = seconds(lambda: a @ b, 1000)
+            copy = seconds(lambda: target.copy_(source), 500)
+            speeds.append({"gpu": index, "name": torch.cuda.get_device_name(index),
+                           "matmul_tflops": round(2 * 8192**3 * 1000 / matmul / 1e12, 1),
+                           "copy_gb_per_s": round(2 * 2**30 * 500 / copy / 1e9, 1)})  # read + write
+            del a, b, source, target
+            torch.cuda.empty_cache()
+    return speeds
 
 
 def compare(runs: dict[str, dict]) -> dict:
@@ -138,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp/bench_multi_gpu")
     parser.add_argument("--output", default="bench_multi_gpu.json")
     parser.add_argument("--run-one", type=int, help=argparse.SUPPRESS)  # child process: one GPU count
+    parser.add_argument("--card-speeds", action="store_true", help=argparse.SUPPRESS)  # child process: probe the GPUs
     a = parser.parse_args(argv)
     import logging
 
@@ -147,10 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.workdir, "results").mkdir(parents=True, exist_ok=True)
         Path(a.workdir, "results", f"gpus{a.run_one}.json").write_text(json.dumps(result))
         return 0
+    if a.card_speeds:
+        print(json.dumps(card_speeds()))
+        return 0
 
     import torch
 
     prepare(Path(a.workdir), a.tiny)  # once, before any timed run
+    # In a child process, so that this one holds no GPU memory during the runs.
+    cards = json.loads(subprocess.run([sys.executable, __file__, "--card-speeds"], check=True, capture_output=True,
+                                      text=True).stdout.splitlines()[-1]) if torch.cuda.is_available() else []
     runs = {}
     for gpus in [int(g) for g in a.gpus.split(",")]:
         command = [sys.executable, __file__, "--run-one", str(gpus), "--steps", str(a.steps), "--workdir", a.workdir]
@@ -162,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "visible_gpus": torch.cuda.device_count(), "torch": torch.__version__, "workload": "tiny" if a.tiny else "4b",
-        "steps": a.steps, **compare(runs), "runs": runs,
+        "steps": a.steps, "cards": cards, **compare(runs), "runs": runs,
     }
     Path(a.output).parent.mkdir(parents=True, exist_ok=True)
     Path(a.output).write_text(json.dumps(report, indent=2) + "\n")
