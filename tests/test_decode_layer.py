@@ -117,6 +117,19 @@ def test_decode_layer_is_built_only_for_gemma3_layers_as_the_model_defines_them(
     monkeypatch.setattr(attention.config, "hidden_activation", "gelu")  # not the MLP it computes
     assert build() is None
     monkeypatch.setattr(attention.config, "hidden_activation", "gelu_pytorch_tanh")
+    # Liger's patch binds its GeGLU forward to the MLP (the same math); any other forward of its own is not ours.
+
+    class LigerGEGLUMLP:
+        def forward(self, x):
+            raise AssertionError("not called: DecodeLayer computes the MLP itself")
+
+        forward.__module__ = "liger_kernel.transformers.geglu"
+
+    monkeypatch.setitem(vars(layer.mlp), "forward", LigerGEGLUMLP.forward.__get__(layer.mlp))
+    assert build() is not None
+    monkeypatch.setitem(vars(layer.mlp), "forward", lambda x: x)
+    assert build() is None
+    monkeypatch.delitem(vars(layer.mlp), "forward")
     for hooked in (layer, attention, layer.post_feedforward_layernorm, attention.o_proj, layer.mlp, layer.mlp.up_proj):
         handle = hooked.register_forward_hook(lambda *args: None)
         try:
