@@ -12,9 +12,10 @@ here and passed as Gemma 3's per-layer-type dict of additive biases (so the mode
 converts none in each layer), a cache of full-length static layers written at slots set here (sliding layers
 get a sliding-window mask instead of a rolling buffer), and each layer's q, k and v projections read as one
 matmul (``FUSED_PROJECTIONS``). The prefill attends only to the part of the cache filled so far; the captured
-decode step uses sdpa's mem-efficient kernel (``DECODE_ATTENTION_BACKENDS``) and runs each decoder layer through
-``decode_layer.DecodeLayer`` (the layer's small ops fused by torch.compile). On CPU the same step runs
-eagerly: the unit tests check it token for token against ``model.generate`` (greedy).
+decode step uses sdpa's mem-efficient kernel (``DECODE_ATTENTION_BACKENDS``) and, in the training rollout, runs
+each decoder layer through ``decode_layer.DecodeLayer`` (the layer's small ops fused by torch.compile, gate/up as
+one matmul). On CPU the same step runs eagerly: the unit tests check it token for token against
+``model.generate`` (greedy).
 
 Sampling follows ``generate``'s order: temperature, then top-k, then top-p; a token is drawn by the
 exponential race (argmax of p / Exp(1)), which is exact and needs no host synchronisation.
@@ -686,7 +687,7 @@ def generate_completions(
     is short) and split into equal batches; ``batch_size`` 0 picks it from free memory. ``seed`` None leaves
     the global RNG as it is (training: reseeding every step would repeat the random stream).
     ``phase_seconds``, if given, gets the seconds spent capturing, prefilling and decoding added to it.
-    ``decode_layers`` runs the decode step's layers through ``decode_layer.DecodeLayer``: 0.3-0.6 ms less a step
+    ``decode_layers`` runs the decode step's layers through ``decode_layer.DecodeLayer``: ~0.7 ms less a step
     at 128-256 rows (H200), after compiling for 11-17 s once a process on a GPU. Worth it for a training run's
     rollouts, not for one evaluation pass (docs/performance.md).
     """
