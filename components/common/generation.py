@@ -236,8 +236,6 @@ class _FusedProjections:
     """
 
     def __init__(self, parent, names, weights):
-        import torch
-
         self.parent, self.names = parent, names
         self.weight = stacked([w.detach() for w in weights])
         self.sizes = [w.shape[0] for w in weights]
