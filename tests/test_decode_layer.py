@@ -182,3 +182,24 @@ def test_decode_layer_weights_are_counted_for_the_generators_memory(tiny_float32
     expected = sum(4 * (layer.self_attn.o_proj.weight.numel() + layer.mlp.gate_proj.weight.numel()
                         + layer.mlp.up_proj.weight.numel()) for layer in language_model.layers)
     assert weight_bytes(language_model) == expected
+
+
+def test_compiled_decode_layer_takes_any_cache_length_without_recompiling(tiny_float32, monkeypatch):
+    """Each rollout's cache has its own length. A recompile for it would come inside the next rollout's graph
+    capture, where the generator then has to warm up and record again: the compiled functions must take any."""
+    import torch
+
+    from components.common import decode_layer
+
+    monkeypatch.setattr(decode_layer, "_COMPILE_FAILED", [])
+    model, text = tiny_float32
+    for slots, stance in ((9, "default"), (13, "fail_on_recompile")):
+        layer, hidden, embeddings, bias, (theirs, ours) = _decode_inputs(model, text, slots=slots)
+        decode = decode_layer.DecodeLayer.build(layer, _fused_qkv(layer), ours.layers[0], compiled=True)
+        with torch.no_grad():
+            expected = _run(layer, hidden, embeddings, bias, theirs)
+            with torch.compiler.set_stance(stance), decode.swapped_in():
+                got = _run(layer, hidden, embeddings, bias, None)
+        assert decode_layer._COMPILE_FAILED == [], "compiled, and not again for the second cache length"
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.layers[0].keys, theirs.layers[0].keys, rtol=1e-4, atol=1e-5)
