@@ -34,7 +34,7 @@ import time
 
 from bench_eval import EOS_IDS, PAD_ID, build_model, make_prompts, peak_gib, reset_peak, run_header, sync, write_report
 
-from components.common.generation import FUSED_PROJECTIONS  # a light import: torch loads inside its functions
+from components.common.generation import FUSED_PROJECTIONS, GATE_UP  # a light import: torch loads inside its functions
 
 PROFILED_STEPS = 4
 # --fusions: (the sibling projections each variant reads as one matmul, whether DecodeLayer takes the layers);
@@ -43,7 +43,7 @@ FUSIONS = {
     "qkv+layers": (FUSED_PROJECTIONS, True),
     "qkv": (FUSED_PROJECTIONS, False),
     "none": ((), False),
-    "qkv+gate_up": (FUSED_PROJECTIONS + (("mlp", ("gate_proj", "up_proj")),), False),
+    "qkv+gate_up": (FUSED_PROJECTIONS + (GATE_UP,), False),
 }
 
 

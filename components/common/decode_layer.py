@@ -148,13 +148,13 @@ class DecodeLayer:
     them), no hooks, no ``forward`` of its own. ``build`` returns None otherwise. It copies o_proj's weight
     (reordered) and gate/up's (stacked, unless they lie so already) when built: build one per generator."""
 
-    def __init__(self, layer, fused_weight, cache_layer, norm_weights: dict, eps: float, compiled: bool, mlp_weights):
+    def __init__(self, layer, fused_weight, cache_layer, norm_weights: dict, eps: float, compiled: bool, o_weight,
+                 mlp_weights):
         config = layer.self_attn.config
         self.layer, self.fused_weight, self.cache_layer = layer, fused_weight, cache_layer
         self.norm_weights, self.eps, self.compiled = norm_weights, eps, compiled
         self.q_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.o_weight = grouped_query_columns(plain_linear_weight(layer.self_attn.o_proj).detach(), self.kv_heads,
-                                              self.q_heads // self.kv_heads)
+        self.o_weight = grouped_query_columns(o_weight.detach(), self.kv_heads, self.q_heads // self.kv_heads)
         gate, up, self.down_weight = (w.detach() for w in mlp_weights)
         self.gate_up_weight = stacked([gate, up])
         pick = _compiled if compiled else (lambda function: function)
@@ -172,8 +172,8 @@ class DecodeLayer:
                 or getattr(attention, "attn_logit_softcapping", None) is not None
                 or has_hooks(layer) or has_hooks(attention) or "forward" in vars(layer)):
             return None
-        mlp_weights = _mlp_weights(layer.mlp, config)
-        if mlp_weights is None or plain_linear_weight(attention.o_proj) is None:
+        o_weight, mlp_weights = plain_linear_weight(attention.o_proj), _mlp_weights(layer.mlp, config)
+        if o_weight is None or mlp_weights is None:
             return None
         head_dim = attention.head_dim
         norms = {name: _norm_weight_and_eps(getattr(attention, name), head_dim) for name in ("q_norm", "k_norm")}
@@ -185,7 +185,7 @@ class DecodeLayer:
         if len(epsilons) != 1:
             return None
         weights = {name: weight for name, (weight, _) in norms.items()}
-        return cls(layer, fused_weight, cache_layer, weights, epsilons.pop(), compiled, mlp_weights)
+        return cls(layer, fused_weight, cache_layer, weights, epsilons.pop(), compiled, o_weight, mlp_weights)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         import torch

@@ -163,6 +163,9 @@ def _slot_static_layer_class():
 # Sibling projections that the generator reads as one matmul: (the layer's submodule, its projections). In a
 # decode step the k and v matmuls are too small to use the GPU (~0.8 TB/s of an H100's 3.35; q at ~1.4).
 FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("self_attn", ("q_proj", "k_proj", "v_proj")),)
+# The MLP's siblings that decode_layer.DecodeLayer reads as one matmul (in the model's own MLP, Liger's GeGLU
+# would copy the two strided halves).
+GATE_UP = ("mlp", ("gate_proj", "up_proj"))
 
 
 def plain_linear_weight(module):
@@ -332,8 +335,8 @@ _WARMED_UP_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class StaticBatchGenerator:
     """Generates for batches of ``rows`` prompts of at most ``max_prompt_len`` tokens, reusing one cache and graph.
 
-    It copies the fused projections' weights when built: after the model's weights change (a training step),
-    build a new one, as each rollout does."""
+    It takes the fused projections' weights when built (a copy, unless they lie stacked already): after the
+    model's weights change (a training step), build a new one, as each rollout does."""
 
     def __init__(
         self,

@@ -17,6 +17,8 @@ import contextlib
 import logging
 import time
 
+from components.common.generation import FUSED_PROJECTIONS, GATE_UP  # a light import: torch loads inside functions
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ def unsupported_reason(config) -> str | None:
 
 # Sibling projections whose merged weights go into one tensor, stacked by rows: the generator reads q/k/v as one
 # matmul (and gate/up in the decode step) and then takes them as they lie instead of copying them.
-STACKED_SIBLINGS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+STACKED_SIBLINGS = FUSED_PROJECTIONS + (GATE_UP,)
 
 
 @contextlib.contextmanager
@@ -61,18 +63,11 @@ def merged_lora_weights(peft_model):
         with torch.no_grad():
             for group in _merge_groups(language_model, layers):
                 bases = [layer.get_base_layer() for layer in group]
-                if len(group) > 1:
-                    first = bases[0].weight
-                    stack = torch.empty(sum(b.weight.shape[0] for b in bases), *first.shape[1:], dtype=first.dtype,
-                                        device=first.device)
-                    targets = stack.split([b.weight.shape[0] for b in bases])
-                else:
-                    targets = [None]
-                for layer, base, target in zip(group, bases, targets):
-                    merged = _merged_weight(layer, base)
+                first, rows = bases[0].weight, [b.weight.shape[0] for b in bases]
+                stack = torch.empty(sum(rows), *first.shape[1:], dtype=first.dtype, device=first.device)
+                for layer, base, target in zip(group, bases, stack.split(rows)):
                     saved.append((base.weight, base.weight.data))
-                    base.weight.data = merged.to(base.weight.dtype) if target is None else target.copy_(merged)
-                    del merged
+                    base.weight.data = target.copy_(_merged_weight(layer, base))
         with peft_model.disable_adapter():
             yield True
     finally:
