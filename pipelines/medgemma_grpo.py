@@ -103,7 +103,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
         gate = compare(baseline_evaluation=baseline.outputs["evaluation"], tuned_evaluation=tuned.outputs["evaluation"],
                        margin=gate_margin, alpha=gate_alpha)
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not a Python test)
-            register(model=tuned_model, comparison=gate.outputs["comparison"], tuned_evaluation=tuned.outputs["evaluation"],
+            register(model=tuned_model, comparison=gate.outputs["comparison"],
+                     tuned_evaluation=tuned.outputs["evaluation"],
                      registry_uri=registry_uri, model_name=model_display_name, recipe=recipe,
                      base_model=base_model, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                      serving_mode=serving_mode)

@@ -52,7 +52,9 @@ class PreparedRow(_Strict):
     @model_validator(mode="after")
     def _answer_is_a_letter(self) -> PreparedRow:
         if self.answer not in self.letters:
-            raise ValueError(f"answer {self.answer!r} is not one of letters {self.letters}")
+            shown = _describe(self.answer)
+            shown = shown if shown.startswith("'") else f"({shown})"
+            raise ValueError(f"answer {shown} is not one of letters {self.letters}")
         return self
 
 
@@ -145,9 +147,9 @@ class RunSummary(_Document):
     state: str
     failed_task: str | None = None
     baseline_accuracy: float | None = None
-    baseline_ci: tuple[float, float] | None = None
+    baseline_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)  # [low, high]
     tuned_accuracy: float | None = None
-    tuned_ci: tuple[float, float] | None = None
+    tuned_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)
     p_value: float | None = None
     registered: str | None = None  # the registered version's resource name or folder; None when not registered
 
@@ -222,23 +224,28 @@ def iter_rows(model: type[Model], lines: Iterable[str], name: str) -> Iterator[M
         yield validate_row(model, row, f"{name} line {number}")
 
 
+def _decoded_lines(path: Path) -> Iterator[str]:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path} line {number}: not UTF-8 text (byte {err.start + 1} of the line)") from None
+
+
 def read_rows(model: type[Model], path: str | Path) -> list[Model]:
     """Every row of a JSON Lines file as ``model``; a missing, undecodable or bad file is a ``UserError``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return list(iter_rows(model, handle, str(path)))
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    return list(iter_rows(model, _decoded_lines(path), str(path)))
 
 
 def parse_document(model: type[Model], text: str, name: str) -> Model:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
-        raise UserError(f"{name}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        raise UserError(f"{name}: not valid JSON ({err.msg}: line {err.lineno} column {err.colno})") from None
     if not isinstance(document, dict):
         raise UserError(f"{name}: expected a JSON object, got {_describe(document)}")
     if issubclass(model, _Document) and "schema_version" not in document:
@@ -257,7 +264,7 @@ def read_document(model: type[Model], path: str | Path) -> Model:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start + 1})") from None
     return parse_document(model, text, str(path))
 
 

@@ -46,7 +46,9 @@ def storage_client(project: str | None = None, credentials: Any = None) -> Any:
 
 
 def _missing_bucket(err: Exception, bucket_name: str, parameter: str) -> UserError:
-    return UserError(f"{parameter}: bucket {bucket_name!r} does not exist or these credentials cannot see it ({type(err).__name__})")
+    return UserError(
+        f"{parameter}: bucket {bucket_name!r} does not exist or these credentials cannot see it ({type(err).__name__})"
+    )
 
 
 def upload_file(local_path: str | os.PathLike[str], destination_uri: str, client: Any = None,

@@ -21,12 +21,14 @@ def compare_evaluations_component(
     import tempfile
     from pathlib import Path
 
+    from components.common.errors import exit_on_user_error
     from components.compare.core import COMPARISON_FILE, REPORT_FILE, compare_evaluations
 
     with tempfile.TemporaryDirectory() as workdir:
-        result = compare_evaluations(
-            baseline_evaluation.path, tuned_evaluation.path, workdir, margin=margin, alpha=alpha
-        )
+        with exit_on_user_error():
+            result = compare_evaluations(
+                baseline_evaluation.path, tuned_evaluation.path, workdir, margin=margin, alpha=alpha
+            )
         for source, target in ((COMPARISON_FILE, comparison.path), (REPORT_FILE, report.path)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(workdir) / source, target)

@@ -34,25 +34,27 @@ def prepare_medqa_component(
     import shutil
     from pathlib import Path
 
+    from components.common.errors import exit_on_user_error
     from components.common.recipes import load_recipe
     from components.data_prep.core import prepare_medqa, render_summary, scalar_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = load_recipe(recipe)
-    out_dir = Path(prepared_data.path)
-    stats = prepare_medqa(
-        source,
-        out_dir,
-        tokenizer=tokenizer_model.path if tokenizer_model is not None else (model_id or spec.model.model_id),
-        val_size=val_size or spec.data.val_size,
-        seed=spec.data.seed if seed < 0 else seed,
-        max_reject_rate=max_reject_rate,
-        layout=layout,
-        prompt_template=spec.data.prompt_template,
-        max_prompt_tokens=spec.data.max_prompt_tokens,
-        num_options=num_options,
-        hf_token_secret=hf_token_secret or None,
-    )
+    with exit_on_user_error():
+        spec = load_recipe(recipe)
+        out_dir = Path(prepared_data.path)
+        stats = prepare_medqa(
+            source,
+            out_dir,
+            tokenizer=tokenizer_model.path if tokenizer_model is not None else (model_id or spec.model.model_id),
+            val_size=val_size or spec.data.val_size,
+            seed=spec.data.seed if seed < 0 else seed,
+            max_reject_rate=max_reject_rate,
+            layout=layout,
+            prompt_template=spec.data.prompt_template,
+            max_prompt_tokens=spec.data.max_prompt_tokens,
+            num_options=num_options,
+            hf_token_secret=hf_token_secret or None,
+        )
     for artifact, name in (
         (train_data, "train"),
         (validation_data, "validation"),

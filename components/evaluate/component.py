@@ -25,10 +25,12 @@ def evaluate_model_component(
     import json
     from pathlib import Path
 
+    from components.common.errors import exit_on_user_error
     from components.common.secrets import export_hf_token
     from components.evaluate.core import NO_ANSWER, evaluate_model
 
-    export_hf_token(hf_token_secret or None)  # read by from_pretrained and vLLM; never logged
+    with exit_on_user_error():
+        export_hf_token(hf_token_secret or None)  # read by from_pretrained and vLLM; never logged
 
     data_path = Path(test_data.path)
     if data_path.is_dir():
@@ -36,9 +38,11 @@ def evaluate_model_component(
     if isinstance(overrides, str):
         overrides = [item.strip() for item in overrides.replace("\n", ",").split(",") if item.strip()]
     adapter_path = adapter.path if adapter is not None else None
-    result = evaluate_model(
-        model_id, data_path, evaluation.path, adapter=adapter_path, recipe=recipe, overrides=list(overrides), limit=limit
-    )
+    with exit_on_user_error():
+        result = evaluate_model(
+            model_id, data_path, evaluation.path, adapter=adapter_path, recipe=recipe, overrides=list(overrides),
+            limit=limit,
+        )
 
     for key in ("accuracy", "ci_low", "ci_high", "format_rate", "truncation_rate", "mean_completion_tokens", "n"):
         metrics.log_metric(key, result[key])

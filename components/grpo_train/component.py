@@ -23,14 +23,16 @@ def grpo_train_component(
     """
     import logging
 
+    from components.common.errors import exit_on_user_error
     from components.grpo_train.launch import record_outcome, train_on_this_machine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Every GPU the task was given: torchrun with one process per GPU when there are several.
-    outcome = train_on_this_machine(
-        recipe, prepared_data.path, tuned_model.path, model=model_id or None, overrides=list(overrides),
-        merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
-    )
+    with exit_on_user_error():
+        outcome = train_on_this_machine(
+            recipe, prepared_data.path, tuned_model.path, model=model_id or None, overrides=list(overrides),
+            merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
+        )
     record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
     return tuned_model.uri
 
@@ -66,18 +68,20 @@ def grpo_train_multinode_component(
     """
     import logging
 
+    from components.common.errors import exit_on_user_error
     from components.grpo_train.launch import record_outcome
     from components.grpo_train.multinode import job_display_name, train_on_nodes
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    outcome = train_on_nodes(
-        recipe, prepared_data.path, tuned_model.path, nodes=nodes, image=trainer_image,
-        accelerator_type=accelerator_type, accelerator_count=accelerator_count, machine_type=machine_type,
-        project=project, location=location, model=model_id or None, overrides=list(overrides),
-        merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
-        display_name=job_display_name(pipeline_run), service_account=service_account or None,
-        api_endpoint=api_endpoint or None,
-    )
+    with exit_on_user_error():
+        outcome = train_on_nodes(
+            recipe, prepared_data.path, tuned_model.path, nodes=nodes, image=trainer_image,
+            accelerator_type=accelerator_type, accelerator_count=accelerator_count, machine_type=machine_type,
+            project=project, location=location, model=model_id or None, overrides=list(overrides),
+            merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
+            display_name=job_display_name(pipeline_run), service_account=service_account or None,
+            api_endpoint=api_endpoint or None,
+        )
     record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
     return tuned_model.uri
 
