@@ -76,6 +76,36 @@ def test_torchrun_command_one_node_hands_the_job_file_to_every_process():
     assert command[module_at + 1:] == ["components.grpo_train", "--job", "/tmp/j/training_job.json"]
 
 
+def test_several_gpus_launch_torchrun_with_the_split_job_in_a_file(monkeypatch):
+    """What a 4-GPU VM launches, captured at the subprocess boundary: one process per GPU, each reading the job
+    split four ways from the file torchrun is handed (no flags, no environment variable carries a setting)."""
+    import subprocess
+
+    from components.grpo_train import launch
+
+    launched = {}
+
+    class Finished:
+        def __init__(self, command, **kwargs):
+            launched.update(command=command, kwargs=kwargs,
+                            job=TrainingJob.read(command[command.index("--job") + 1]))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Finished)
+    job = _job(BATCH_16X16, tensorboard_dir="/tb")
+    launch.run_job_under_torchrun(job, 4)
+    command, split = launched["command"], launched["job"]
+    assert "--nproc-per-node=4" in command and "--standalone" in command
+    assert command[command.index("-m", 3) + 1:-1] == ["components.grpo_train", "--job"]
+    assert not Path(command[-1]).exists()  # the launcher's temporary job file is gone once training ends
+    assert launched["kwargs"] == {}  # the processes inherit this environment as it is
+    assert split.recipe.train["gradient_accumulation_steps"] == 4 and not split.show_progress
+    assert split.model_copy(update={"recipe": job.recipe, "show_progress": True}) == job
+    assert split.tensorboard_dir == "/tb"
+
+
 def test_torchrun_command_several_nodes():
     command = torchrun_command("job.json", 8, Rendezvous(nnodes=3, node_rank=2, master_addr="host-0", master_port=2222))
     assert "--standalone" not in command

@@ -142,6 +142,40 @@ def test_a_bad_job_json_is_one_line(capsys):
     assert "--job-json: recipe: Field required" in err and err.count("\n") == 1
 
 
+def test_two_replicas_train_as_two_nodes_on_cpu(tiny_model_dir, prepared_demo_dir, tmp_path):
+    """Two replica entry points on this machine, as Vertex starts them (the job JSON in their arguments, their
+    place in CLUSTER_SPEC), meet through torchrun over gloo: node 0 writes the outputs, both write RNG state."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "tuned"
+    job = TrainingJob.build("tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, overrides=[
+        "train.max_steps=1", "train.save_steps=1", "train.per_device_train_batch_size=4",
+        "train.gradient_accumulation_steps=2", "train.report_to=none", "train.logging_steps=1"])
+    cluster = {"workerpool0": [f"127.0.0.1:{port}"], "workerpool1": ["127.0.0.1:0"]}
+    replicas = [
+        subprocess.Popen([sys.executable, "-m", REPLICA_MODULE, "--job-json", job.to_json()],
+                         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "CLUSTER_SPEC": json.dumps(
+                             {"cluster": cluster, "task": {"type": pool, "index": 0}})})
+        for pool in ("workerpool0", "workerpool1")
+    ]
+    logs = [replica.communicate(timeout=600)[0] for replica in replicas]
+    assert [replica.returncode for replica in replicas] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    summary = json.loads((out / "adapter" / "training_summary.json").read_text())
+    assert summary["global_step"] == 1
+    assert summary["recipe_settings"]["train"]["gradient_accumulation_steps"] == 1  # split over the 2 nodes
+    checkpoint = out / "checkpoints" / "checkpoint-1"
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints"]
+
+
 def test_machine_type_from_accelerator_or_as_given():
     assert machine_type_for("NVIDIA_H100_80GB", 8) == "a3-highgpu-8g"
     assert machine_type_for("NVIDIA_TESLA_A100", 1) == "a2-highgpu-1g"
@@ -374,3 +408,15 @@ def test_launcher_imports_without_the_torch_stack():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "a3-highgpu-8g"
+
+
+def test_custom_job_component_takes_the_vertex_settings_the_pipeline_wires():
+    """The names the pipeline passes: Spot and every Vertex setting, off or empty (Vertex's default) unless given."""
+    import inspect
+
+    from components.grpo_train.component import grpo_train_multinode_component
+
+    parameters = inspect.signature(grpo_train_multinode_component).parameters
+    expected = {"spot": False, "encryption_key": "", "network": "", "tensorboard": "", "service_account": ""}
+    assert {name: parameters[name].default for name in expected} == expected
+    assert parameters["spot"].annotation in (bool, "bool")
