@@ -168,7 +168,18 @@ def test_a_champion_without_stored_predictions_stays(tmp_path):
     register(tmp_path, "run-1")  # registered without its predictions
     second = register(tmp_path, "run-2", correct=[True] * 200)
     assert second.aliases == ["challenger"]
-    assert second.champion_decision.reason.startswith("no stored test predictions for the champion")
+    assert second.champion_decision.reason.startswith("no usable stored test predictions for the champion")
+
+
+def test_a_champion_whose_stored_predictions_are_broken_stays_and_the_log_names_the_file(tmp_path, caplog):
+    register(tmp_path, "run-1", correct=HALF)
+    stored = tmp_path / "registry" / "medgemma-medqa" / "versions" / "1" / "predictions.jsonl"
+    stored.write_text(stored.read_text().replace('"correct": true', '"correct": "true"', 1))
+    with caplog.at_level("WARNING"):
+        second = register(tmp_path, "run-2", correct=BETTER)
+    assert second.aliases == ["challenger"] and second.champion_decision.rule == "champion_kept_not_comparable"
+    assert (f"champion version 1: its stored predictions are unusable: {stored} line 1: field 'correct': "
+            "expected a boolean, got 'true'") in caplog.text
 
 
 def test_first_version_is_default_even_when_the_gate_failed(tmp_path):

@@ -267,7 +267,7 @@ def decide_champion(
         missing = "the champion" if champion.scores is None else "this registration"
         return ChampionDecision(
             rule="champion_kept_not_comparable", becomes_champion=False,
-            reason=f"no stored test predictions for {missing}, so no paired test; move the alias by hand to promote",
+            reason=f"no usable stored test predictions for {missing}, so no paired test; move the alias by hand to promote",
             **common,
         )
     if set(champion.scores.scores) != set(challenger.scores):
@@ -464,7 +464,12 @@ def _folder_champion(model_root: Path, aliases: dict[str, int]) -> ChampionEvide
     recorded = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.is_file() else {}
     accuracy = recorded.get("tuned_accuracy")
     predictions = version_dir / PREDICTIONS_FILE
-    scores = question_scores(read_rows(Prediction, predictions), str(predictions)) if predictions.is_file() else None
+    scores = None
+    if predictions.is_file():
+        try:
+            scores = question_scores(read_rows(Prediction, predictions), str(predictions))
+        except UserError as err:  # an unreadable stored file must not block registering a new version
+            logger.warning("champion version %s: its stored predictions are unusable: %s", aliases[CHAMPION_ALIAS], err)
     return ChampionEvidence(
         str(aliases[CHAMPION_ALIAS]), scores, accuracy if isinstance(accuracy, float | int) else None
     )
