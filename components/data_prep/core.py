@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "hf", "medqa")
 OUTPUT_SPLITS = ("train", "validation", "test")
-# Machine-readable reasons in rejected.jsonl, in the order the checks run (a row gets the first that applies);
-# each rejection also has a one-line ``detail`` for people, naming the field (never its text).
+# Machine-readable reasons in rejected.jsonl. A row gets the first that applies: reading, then its fields in
+# order (question, options, answer, id), then duplicates, leakage and the token budget. Each rejection also has
+# a one-line ``detail`` for people, naming the file, line or field (never the question's text).
 REJECT_REASONS = (
     # the row could not be read from its file (components/data_prep/sources.py)
     "not_utf8",
