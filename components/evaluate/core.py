@@ -200,7 +200,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 
 def _generate_with_transformers(model_id, adapter, rows, spec) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-    from components.common.generation import SamplingSettings, generate_completions
+    from components.generator import SamplingSettings, generate_completions
 
     e = spec.evaluation
     processor = load_processor(model_id)

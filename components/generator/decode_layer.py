@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 
-from components.common.generation import has_hooks, plain_linear_weight, stacked, stacked_copy_bytes
+from components.generator.projections import has_hooks, plain_linear_weight, stacked, stacked_copy_bytes
 
 log = logging.getLogger(__name__)
 
