@@ -106,13 +106,13 @@ def test_sampling_respects_top_k_and_seed(tiny):
     model, tokenizer = tiny
     logits = torch.randn(4, 50)
     torch.manual_seed(0)
-    sampler = Sampler(SamplingSettings(top_k=3, top_p=1.0, temperature=1.0), vocab_size=50)
+    sampler = Sampler(SamplingSettings(top_k=3, max_new_tokens=4), vocab_size=50)
     allowed = logits.topk(3, dim=-1).indices
     for _ in range(20):
         picked = sampler(logits)
         assert all(picked[i] in allowed[i] for i in range(4))
     # top_p so small that only the most likely token survives: sampling becomes greedy.
-    nucleus = Sampler(SamplingSettings(top_k=0, top_p=1e-6, temperature=0.7), vocab_size=50)
+    nucleus = Sampler(SamplingSettings(top_p=1e-6, temperature=0.7, max_new_tokens=4), vocab_size=50)
     assert torch.equal(nucleus(logits), logits.argmax(-1))
     prompts = _prompts(tokenizer, TEXTS)
     settings = SamplingSettings(do_sample=True, max_new_tokens=8)
@@ -126,7 +126,7 @@ def test_pad_equal_to_eos_is_refused(tiny):
 
     model, _ = tiny
     with pytest.raises(ValueError, match="pad token must differ from EOS"):
-        generate_completions(model, [[2, 5]], settings=SamplingSettings(), pad_token_id=1, eos_token_ids=[1])
+        generate_completions(model, [[2, 5]], settings=SamplingSettings(max_new_tokens=4), pad_token_id=1, eos_token_ids=[1])
 
 
 def test_batches_are_even_and_longest_first():

@@ -55,12 +55,4 @@ def generate_with_vllm(model_id: str, adapter: str | None, rows: list[dict[str, 
             samples[k].append(
                 {"completion": choice.text.strip(), "truncated": choice.finish_reason == "length", "tokens": len(choice.token_ids)}
             )
-    decoding = {
-        "do_sample": e.do_sample,
-        "max_new_tokens": e.max_new_tokens,
-        "seed": e.seed,
-        "samples_per_question": e.samples_per_question,
-    }
-    if e.do_sample:
-        decoding.update({"temperature": e.temperature, "top_p": e.top_p, "top_k": top_k})
-    return samples, decoding
+    return samples, e.decoding(top_k)

@@ -11,16 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
-    do_sample: bool = True
-    temperature: float = 0.7
-    top_p: float = 0.9
+    max_new_tokens: int
+    do_sample: bool = True  # False: greedy
+    temperature: float = 1.0
+    top_p: float = 1.0  # 1.0: no top-p
     top_k: int = 0  # 0: no top-k
-    max_new_tokens: int = 512
     # Never sampled (TRL suppresses Gemma's image token in completions).
     suppress_token_ids: tuple[int, ...] = ()
-
 
 
 class Sampler:
