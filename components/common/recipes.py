@@ -56,8 +56,8 @@ class RewardSpec:
 
 @dataclass
 class EvalSpec:
-    """The notebook's sampling protocol by default, with a fixed seed. The one
-    place for these values: recipes state only what differs, the generator takes them as ``SamplingSettings``."""
+    """The notebook's sampling protocol by default, with a fixed seed: the one place for these values (recipes
+    state only what differs; the evaluate step hands them to the generator as ``SamplingSettings``)."""
 
     do_sample: bool = True
     temperature: float = 0.7

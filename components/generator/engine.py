@@ -1,11 +1,9 @@
-"""Fast batched generation on the transformers model: static KV cache, one CUDA graph per decode step.
+"""The generator's engine: batched generation over a static KV cache, each decode step one CUDA graph replay.
 
-Shared by the evaluate step and the training step's rollouts (GRPO completions).
-
-Why not ``model.generate``: on a 4B Gemma 3 each decode step launches ~1,000 small kernels, so the host
-(not the GPU) sets the pace (~95 ms a step at batch 64 and 256 alike); ``generate`` adds its own per-step
-Python. Here the whole decode step (34 layers, sampling, EOS bookkeeping, mask update) is captured once
-in a CUDA graph over a static cache and replayed, so a step costs what the GPU needs.
+Why not ``model.generate``: each decode step of a 4B Gemma 3 launches many small kernels, so the host (not
+the GPU) sets the pace, whatever the batch; ``generate`` adds its own per-step Python. Here the whole decode
+step (every layer, sampling, EOS bookkeeping, mask update) is captured once in a CUDA graph over a static
+cache and replayed, so a step costs what the GPU needs.
 
 The loop is plain PyTorch over the model's own modules (``language_model`` + ``lm_head``), with masks built
 here and passed as Gemma 3's per-layer-type dict of additive biases (so the model builds none, and sdpa
@@ -15,10 +13,7 @@ matmul (``FUSED_PROJECTIONS``). The prefill attends only to the part of the cach
 decode step uses sdpa's mem-efficient kernel (``DECODE_ATTENTION_BACKENDS``) and, in the training rollout, runs
 each decoder layer through ``decode_layer.DecodeLayer`` (the layer's small ops fused by torch.compile, gate/up as
 one matmul). On CPU the same step runs eagerly: the unit tests check it token for token against
-``model.generate`` (greedy).
-
-Sampling follows ``generate``'s order: temperature, then top-k, then top-p; a token is drawn by the
-exponential race (argmax of p / Exp(1)), which is exact and needs no host synchronisation.
+``model.generate`` (greedy). Sampling is ``sampling.Sampler``'s, inside the graph.
 """
 
 from __future__ import annotations
@@ -42,10 +37,8 @@ log = logging.getLogger(__name__)
 
 # How often the host checks whether every row has finished (a sync; cheap at this interval).
 FINISH_CHECK_EVERY = 16
-# sdpa kernels for the captured decode step, first choice first (the first that can take the step is used
-# alone): one query per row against the whole static cache, under a mask. The mem-efficient kernel took
-# 20.8 ms a step where cuDNN's (the default) took 27.5 (H200, 256 rows, 838-token cache; now measured by
-# bench/bench_decode_step.py --backends).
+# sdpa kernels for the captured decode step, the first that takes it used alone: for one query a row against the
+# whole cache under a mask, mem-efficient beats cuDNN's default (bench/bench_decode_step.py --backends).
 DECODE_ATTENTION_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH")
 # How sdpa says that no enabled backend takes the call (CUDA, CPU).
 NO_ATTENTION_KERNEL = ("No available kernel", "No viable backend")
@@ -75,9 +68,9 @@ def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
 def _slot_static_layer_class():
     """A transformers ``StaticLayer`` written at the slots the generator sets, and read up to ``visible_length``.
 
-    ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer (102 of the
-    4B's decode step kernels). Here the generator points every layer at one index tensor: the prefill chunk's
-    slots, or the decode step's write index. The counter is left at 0 (``get_seq_length``): the generator
+    ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer, in every
+    decode step. Here the generator points every layer at one index tensor: the prefill chunk's slots, or the
+    decode step's write index. The counter is left at 0 (``get_seq_length``): the generator
     always passes positions and masks, so the model never reads it. The prefill sets ``visible_length`` to the
     filled width, so attention skips the empty rest of the cache; the captured decode step reads the whole
     cache (``None``), its mask hiding what is not written yet.
@@ -265,9 +258,9 @@ class StaticBatchGenerator:
     def _attention_bias(self, mask, out=None):
         """``mask`` (True: attend) as the additive bias sdpa adds to the scores: 0, or the dtype's lowest value.
 
-        Made once for all layers: given a boolean mask, sdpa converts it in every layer and its mem-efficient
-        kernel copies it to aligned rows: a decode step went from ~1,060 kernels to 893. The lowest finite value, as
-        transformers' own masks use, not -inf: a left-pad query that sees no key gets no NaN."""
+        Made once for all layers: given a boolean mask, sdpa would convert it in every layer, and its
+        mem-efficient kernel copy it to aligned rows. The lowest finite value, as transformers' own masks use, not
+        -inf: a left-pad query that sees no key gets no NaN."""
         import torch
 
         return torch.where(mask, *self.bias_values, out=self._aligned_bias(mask.shape) if out is None else out)
@@ -301,9 +294,9 @@ class StaticBatchGenerator:
         """Record the decode step. It runs on whatever state is there (values don't matter, shapes and addresses
         do); the prefill that follows resets it, so no prompt is prefilled twice.
 
-        The first generator of its kind in a process warms the step up first (one eager step, ~1/3 of the
-        capture's time); later ones, as each training step's rollout, record on the same side stream straight
-        away, and warm up only if that recording fails."""
+        The first generator of its kind in a process warms the step up first (one eager step); later ones, as
+        each training step's rollout, record on the same side stream straight away, and warm up only if that
+        recording fails."""
         import torch
 
         self._allocate_cache()
@@ -464,9 +457,8 @@ def generate_completions(
     is short) and split into equal batches; ``batch_size`` 0 picks it from free memory. ``seed`` None leaves
     the global RNG as it is (training: reseeding every step would repeat the random stream).
     ``phase_seconds``, if given, gets the seconds spent capturing, prefilling and decoding added to it.
-    ``decode_layers`` runs the decode step's layers through ``decode_layer.DecodeLayer``: ~0.7 ms less a step
-    at 128-256 rows (H200), after compiling for 11-17 s once a process on a GPU. Worth it for a training run's
-    rollouts, not for one evaluation pass (docs/performance.md).
+    ``decode_layers`` runs the decode step's layers through ``decode_layer.DecodeLayer``: a shorter step, after a
+    compile once a process on a GPU; worth it for a training run's many rollouts, not for one evaluation pass.
     """
     import torch
 

@@ -11,7 +11,7 @@ import contextlib
 import functools
 
 # Sibling projections that the generator reads as one matmul: (the layer's submodule, its projections). In a
-# decode step the k and v matmuls are too small to use the GPU (~0.8 TB/s of an H100's 3.35; q at ~1.4).
+# decode step k and v alone are matmuls too small to use the GPU's memory bandwidth.
 FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("self_attn", ("q_proj", "k_proj", "v_proj")),)
 # The MLP's siblings that decode_layer.DecodeLayer reads as one matmul (in the model's own MLP, Liger's GeGLU
 # would copy the two strided halves).
@@ -106,7 +106,7 @@ class FusedProjections:
             self.waiting = set(range(len(self.sizes)))
         output = self.outputs[index]
         self.waiting.discard(index)
-        if not self.waiting:  # every member has its slice: hold nothing (a 4B prefill chunk's: ~0.5 GB a layer)
+        if not self.waiting:  # every member has its slice: hold nothing (a prefill chunk's outputs are large)
             self.input = self.outputs = None
         return output
 

@@ -1,12 +1,10 @@
-"""GRPO completions through our static-cache CUDA-graph generator instead of TRL's ``model.generate``.
+"""GRPO completions through our generator (``components.generator``) instead of TRL's ``model.generate``.
 
 TRL without vLLM samples a step's completions with ``generate``, which on a 4B Gemma 3 is bound by host-side
-kernel launches (~95 ms a decode step, batch 64 or 256 alike). Here the same sampling (temperature, top-p,
-top-k, the image token suppressed) runs through ``components.generator``: one pass for every
-completion of the step, the decode step replayed as a CUDA graph, over LoRA-merged copies of the language
-model's weights (H100, 256 x 512 tokens: 30.6 s a rollout with the adapters unmerged in the graph, ~476
-small fp32 matmuls more per decode step; 24.3 s merged). The copies cost ~6.4 GB during the rollout only;
-the trained weights are never touched (no bf16 merge/unmerge drift).
+kernel launches. Here the same sampling (temperature, top-p, top-k, the image token suppressed) runs through
+the generator's one entry point: one pass for every completion of the step, over LoRA-merged copies of the
+language model's weights (live adapters would add many small fp32 matmuls to every decode step). The copies
+exist during the rollout only; the trained weights are never touched (no bf16 merge/unmerge drift).
 
 Plugged into ``GRPOTrainer(rollout_func=...)``; TRL still scores, computes reference log-probs and the loss.
 """
@@ -146,7 +144,7 @@ class StaticGraphRollout:
 
     def __init__(self, config, *, batch_size: int = 0):
         self.config = config
-        self.batch_size = batch_size  # 0: from free memory (a 40 GB card splits the step into a few passes)
+        self.batch_size = batch_size  # 0: from free memory (a smaller card splits the step into a few passes)
         self.seconds: list[float] = []  # wall time of each call, for the training summary
         self.phase_seconds: list[dict[str, float]] = []  # each call's merge / capture / prefill / decode seconds
 
