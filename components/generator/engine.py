@@ -70,10 +70,10 @@ def _slot_static_layer_class():
 
     ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer, in every
     decode step. Here the generator points every layer at one index tensor: the prefill chunk's slots, or the
-    decode step's write index. The counter is left at 0 (``get_seq_length``): the generator
-    always passes positions and masks, so the model never reads it. The prefill sets ``visible_length`` to the
-    filled width, so attention skips the empty rest of the cache; the captured decode step reads the whole
-    cache (``None``), its mask hiding what is not written yet.
+    decode step's write index. The counter is left at 0 (``get_seq_length``): the generator always passes
+    positions and masks, so the model never reads it. The prefill sets ``visible_length`` to the filled width,
+    so attention skips the empty rest of the cache; the captured decode step reads the whole cache (``None``),
+    its mask hiding what is not written yet.
     """
 
     from transformers.cache_utils import StaticLayer
@@ -92,7 +92,6 @@ def _slot_static_layer_class():
             return self.keys[:, :, : self.visible_length], self.values[:, :, : self.visible_length]
 
     return SlotStaticLayer
-
 
 
 # Per process: for each device, the side stream that decode graphs are recorded on (one, so that cuBLAS sets up
