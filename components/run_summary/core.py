@@ -63,11 +63,10 @@ def tasks_from_vertex(job_resource_name: str, *, api_endpoint: str | None = None
     job = aiplatform.PipelineJob.get(job_resource_name)
     tasks = {}
     for detail in job.task_details:
-        detail = type(detail).to_dict(detail)
+        detail = type(detail).to_dict(detail, use_integers_for_enums=False)
         artifacts = {name: (entry.get("artifacts") or [{}])[0].get("metadata") or {}
                      for name, entry in (detail.get("outputs") or {}).items()}
-        state = detail.get("state")
-        tasks[detail["task_name"]] = TaskResult(state if isinstance(state, str) else str(state), artifacts)
+        tasks[detail["task_name"]] = TaskResult(detail.get("state") or "STATE_UNSPECIFIED", artifacts)
     return tasks
 
 
