@@ -124,7 +124,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
             encryption_key: Cloud KMS key (CMEK) for the training custom job and the registered model; empty: Google-managed.
             network: VPC for the training custom job (projects/NUMBER/global/networks/NAME); empty: none.
             service_account: Service account of the training custom job; empty: the run's own.
-            tensorboard: Vertex TensorBoard for the training custom job (projects/P/locations/L/tensorboards/ID); empty: none.
+            tensorboard: Vertex TensorBoard for the training custom job (projects/P/locations/L/tensorboards/ID; needs service_account); empty: none.
         """
         summary = run_summary()
         with dsl.ExitHandler(summary, name="medgemma-grpo-run"):

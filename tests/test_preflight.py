@@ -42,7 +42,9 @@ def test_several_vms_or_spot_train_as_a_custom_job(nodes, spot, route):
     ({"encryption_key": "my-key"}, "encryption_key must look like projects/P/locations/L/keyRings/R/cryptoKeys/K"),
     ({"network": "default"}, "network must look like projects/PROJECT_NUMBER/global/networks/NAME"),
     ({"service_account": "runner"}, "service_account must look like NAME@PROJECT.iam.gserviceaccount.com"),
-    ({"tensorboard": "tb-1"}, "tensorboard must look like projects/P/locations/L/tensorboards/ID"),
+    ({"tensorboard": "tb-1", "service_account": "runner@p.iam.gserviceaccount.com"},
+     "tensorboard must look like projects/P/locations/L/tensorboards/ID"),
+    ({"tensorboard": "projects/p/locations/l/tensorboards/1"}, "tensorboard needs service_account"),
 ])
 def test_a_value_that_cannot_work_is_named_in_one_line(change, message):
     with pytest.raises(UserError) as raised:

@@ -12,13 +12,11 @@ from typing import Any
 from components.common.errors import UserError, choices_error
 from components.common.recipes import load_recipe
 from components.common.secrets import secret_version_name
+from components.grpo_train.multinode import CustomJobSettings
 from components.register.core import SERVING_MODES, check_model_name, check_registry_uri
 
 ONE_VM = "one-vm"
 CUSTOM_JOB = "custom-job"
-_CMEK = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
-_NETWORK = re.compile(r"^projects/[^/]+/global/networks/[^/]+$")
-_TENSORBOARD = re.compile(r"^projects/[^/]+/locations/[^/]+/tensorboards/[^/]+$")
 _SERVICE_ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com$")
 
 
@@ -31,11 +29,6 @@ def _accelerator_types() -> set[str]:
     from google.cloud.aiplatform_v1.types import AcceleratorType
 
     return {member.name for member in AcceleratorType if member.value}
-
-
-def _check_format(parameter: str, value: str, pattern: re.Pattern[str], shape: str) -> None:
-    if value and not pattern.match(value):
-        raise UserError(f"{parameter} must look like {shape}, got {value!r}")
 
 
 def check_run_parameters(
@@ -83,8 +76,12 @@ def check_run_parameters(
         raise choices_error("registered_weights", registered_weights, SERVING_MODES)
     if hf_token_secret:
         secret_version_name(hf_token_secret, "hf_token_secret")
-    _check_format("encryption_key", encryption_key, _CMEK, "projects/P/locations/L/keyRings/R/cryptoKeys/K")
-    _check_format("network", network, _NETWORK, "projects/PROJECT_NUMBER/global/networks/NAME")
-    _check_format("service_account", service_account, _SERVICE_ACCOUNT, "NAME@PROJECT.iam.gserviceaccount.com")
-    _check_format("tensorboard", tensorboard, _TENSORBOARD, "projects/P/locations/L/tensorboards/ID")
+    if service_account and not _SERVICE_ACCOUNT.match(service_account):
+        raise UserError(f"service_account must look like NAME@PROJECT.iam.gserviceaccount.com, got {service_account!r}")
+    # The custom job's own check (key, network, TensorBoard); the image and the run's project and region are
+    # bound when the pipeline is compiled and run, so stand-ins fill them here.
+    CustomJobSettings(nodes=train_nodes, image="trainer-image", accelerator_type=train_accelerator_type,
+                      accelerator_count=train_accelerator_count, project="run-project", location="run-region",
+                      service_account=service_account, network=network, encryption_key=encryption_key,
+                      tensorboard=tensorboard, spot=train_on_spot).check()
     return training_route(train_nodes, train_on_spot)
