@@ -123,7 +123,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
             hf_token_secret: Secret Manager name of the Hugging Face token (projects/P/secrets/S), never the token.
             encryption_key: Cloud KMS key (CMEK) for the training custom job and the registered model; empty: Google-managed.
             network: VPC for the training custom job (projects/NUMBER/global/networks/NAME); empty: none.
-            service_account: Service account of the training custom job; empty: the run's own.
+            service_account: Service account of the training custom job; empty: Vertex's Custom Code Service Agent.
             tensorboard: Vertex TensorBoard for the training custom job (projects/P/locations/L/tensorboards/ID; needs service_account); empty: none.
         """
         summary = run_summary()
