@@ -129,13 +129,13 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
         summary = run_summary()
         with dsl.ExitHandler(summary, name="medgemma-grpo-run"):
             checked = check(recipe=recipe, recipe_settings=recipe_settings, train_accelerator_type=train_accelerator_type,
-                          train_accelerator_count=train_accelerator_count, train_nodes=train_nodes,
-                          train_on_spot=train_on_spot, eval_accelerator_type=eval_accelerator_type,
-                          eval_accelerator_count=eval_accelerator_count, eval_question_limit=eval_question_limit,
-                          gate_margin=gate_margin, gate_alpha=gate_alpha, registry_uri=registry_uri,
-                          model_display_name=model_display_name, registered_weights=registered_weights,
-                          hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
-                          service_account=service_account, tensorboard=tensorboard)
+                            train_accelerator_count=train_accelerator_count, train_nodes=train_nodes,
+                            train_on_spot=train_on_spot, eval_accelerator_type=eval_accelerator_type,
+                            eval_accelerator_count=eval_accelerator_count, eval_question_limit=eval_question_limit,
+                            gate_margin=gate_margin, gate_alpha=gate_alpha, registry_uri=registry_uri,
+                            model_display_name=model_display_name, registered_weights=registered_weights,
+                            hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
+                            service_account=service_account, tensorboard=tensorboard)
             data = prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings, model_id=base_model,
                            hf_token_secret=hf_token_secret).after(checked)
             prepared = data.outputs["prepared_data"]
