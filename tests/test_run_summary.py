@@ -116,3 +116,16 @@ def test_a_bad_parameter_stops_the_local_run_in_its_first_task_and_the_summary_s
     summary = json.loads((run_dir / "run-summary" / "summary" / "summary.json").read_text())
     assert summary["state"] == "FAILED" and summary["failed_task"] == "check-parameters"
     assert not (run_dir / "prepare-data").exists()  # nothing ran after the check
+
+
+def test_a_step_that_failed_without_a_trace_is_the_first_one_missing(tmp_path):
+    """kfp.local writes nothing for a task that failed before its outputs: the first step due and absent failed
+    (the route recorded by check-parameters says which training step was due)."""
+    from components.run_summary.core import tasks_from_local_run
+
+    run_dir = tmp_path / "run"
+    write_task(run_dir, "check-parameters", {}, {"Output": "custom-job"})
+    write_task(run_dir, "prepare-data", {"prepared_data": {}})
+    write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
+    assert build_summary("FAILED", tasks_from_local_run(run_dir))["failed_task"] == "train-custom-job"
+    assert build_summary("SUCCEEDED", tasks_from_local_run(run_dir))["failed_task"] is None

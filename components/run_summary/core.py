@@ -74,6 +74,22 @@ def _interval(metadata: dict[str, Any], low: str, high: str) -> list[float] | No
     return [metadata[low], metadata[high]] if low in metadata and high in metadata else None
 
 
+def _failed_step(state: str, tasks: dict[str, TaskResult]) -> str | None:
+    """The step that failed: one recorded as failed, else (kfp.local keeps no record of a task that failed
+    before writing outputs) the first step the run should have reached and did not finish."""
+    failed = [step for step in STEPS if step in tasks and tasks[step].state not in (SUCCEEDED, "SKIPPED")]
+    if failed or state == SUCCEEDED:
+        return failed[0] if failed else None
+    not_taken = set()
+    route = tasks["check-parameters"].parameters.get("Output") if "check-parameters" in tasks else None
+    if route:
+        not_taken.add("train-custom-job" if route == "one-vm" else "train")
+    comparison = tasks["compare"].artifacts.get("comparison_metrics", {}) if "compare" in tasks else {}
+    if comparison and not comparison.get("passes_gate"):
+        not_taken.add("register")
+    return next((step for step in STEPS if step not in not_taken and step not in tasks), None)
+
+
 def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str | None = None) -> dict[str, Any]:
     """The summary as a flat dict (JSON-ready); a value a step did not get to record is None."""
 
@@ -81,7 +97,6 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
         result = tasks.get(task)
         return result.artifacts.get(name, {}) if result is not None else {}
 
-    failed = [step for step in STEPS if step in tasks and tasks[step].state not in (SUCCEEDED, "SKIPPED")]
     baseline, tuned = artifact("baseline-eval", "metrics"), artifact("tuned-eval", "metrics")
     comparison = artifact("compare", "comparison_metrics")
     registration = artifact("register", "registered_model")
@@ -89,7 +104,7 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
     passes_gate = comparison.get("passes_gate")
     return {
         "state": state,
-        "failed_task": failed[0] if failed else None,
+        "failed_task": _failed_step(state, tasks),
         "error": error_message or None,
         "data_fingerprint": prepared.get("fingerprint"),
         "baseline_accuracy": comparison.get("baseline_accuracy", baseline.get("accuracy")),
