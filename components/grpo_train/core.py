@@ -6,6 +6,7 @@ Reads top to bottom: job (``TrainingJob``: recipe and settings) -> data -> backe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,6 +18,7 @@ from components.common.errors import UserError, choices_error
 from components.common.jsonl import read_jsonl, write_json
 from components.common.modeling import prefer_expandable_segments, require_liger_kernels
 from components.common.recipes import Recipe
+from components.common.vllm_engine import text_only_in_trl
 from components.grpo_train.checkpoints import latest_complete_checkpoint, make_checkpoint_callbacks
 from components.grpo_train.job import ROLLOUTS, TrainingJob
 from components.grpo_train.rewards import REWARDS
@@ -283,9 +285,10 @@ def train_grpo(job: TrainingJob) -> TrainingOutcome:
                       lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules)
     callbacks, preemption, step_timer = _callbacks(checkpoint_dir, tensorboard_dir, config.max_steps, job.show_progress)
     rollout_func = _fast_rollout(config, backend, device, job.rollout)
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
-                          eval_dataset=eval_dataset, processing_class=processor, peft_config=lora, callbacks=callbacks,
-                          rollout_func=rollout_func)
+    with text_only_in_trl() if backend == "vllm" else contextlib.nullcontext():
+        trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
+                              eval_dataset=eval_dataset, processing_class=processor, peft_config=lora,
+                              callbacks=callbacks, rollout_func=rollout_func)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; RewardProgress logs one line instead
     if config.bf16 and (rollout_func is not None or backend == "vllm"):
         log.info("LoRA inputs stay bf16 under autocast (%d layers)", _skip_lora_input_casts(trainer.model))
@@ -322,10 +325,8 @@ def train_grpo(job: TrainingJob) -> TrainingOutcome:
 
 def _merge(model_id: str, adapter_dir: Path, merged_dir: Path, processor, spec: Recipe, token: str | None) -> Path:
     """Base + adapter merged into plain bf16 weights, the layout serving stacks (vLLM) load directly."""
-    from components.common.modeling import load_model
+    from components.common.modeling import load_model, save_for_serving
 
     merged = load_model(model_id, dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation,
                         adapter=str(adapter_dir), merge_adapter=True, token=token)
-    merged.save_pretrained(str(merged_dir))
-    processor.save_pretrained(str(merged_dir))
-    return merged_dir
+    return save_for_serving(merged, processor, merged_dir)
