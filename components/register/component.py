@@ -19,21 +19,27 @@ def register_model(
     data_fingerprint: str = "",
     serving_mode: str = "adapter",
     serving_image: str = "",
+    encryption_key: str = "",
+    run_project: str = "",
+    run_location: str = "",
     api_endpoint: str = "",
 ) -> str:
     """Register the tuned model as a new version; returns its resource name (Vertex) or folder (file registry).
 
-    registry_uri: a folder (file registry) or vertex://projects/P/locations/L. pipeline_run: pass
+    registry_uri: a folder (file registry), vertex://projects/P/locations/L, or vertex:// for the run's own
+    ``run_project`` and ``run_location`` (the pipeline passes Vertex's placeholders for them). pipeline_run: pass
     dsl.PIPELINE_JOB_NAME_PLACEHOLDER so a retried task finds the version it made. Local model files are
-    copied under this task's output (inside the pipeline root) before a Vertex upload. tuned_evaluation:
-    the tuned model's evaluate output; its predictions are stored with the version and tested against the
-    current champion's. champion_report: base model, champion and challenger side by side.
+    copied under this task's output (inside the pipeline root) before a Vertex upload. encryption_key: CMEK
+    for the uploaded model (empty: Google-managed). tuned_evaluation: the tuned model's evaluate output; its
+    predictions are stored with the version and tested against the current champion's. champion_report: base
+    model, champion and challenger side by side.
     """
     import logging
 
     from components.common.errors import exit_on_user_error
     from components.register.core import DEFAULT_VLLM_IMAGE, write_registration
     from components.register.core import register_model as register
+    from components.register.core import resolve_registry_uri
 
     logging.basicConfig(level=logging.INFO)
     staging_uri = registered_model.uri + "/model" if registered_model.uri.startswith("gs://") else None
@@ -41,7 +47,7 @@ def register_model(
         result = register(
             model.path,  # on Vertex a /gcs/ FUSE path, which the core maps back to gs:// (no second copy)
             comparison.path,
-            registry_uri,
+            resolve_registry_uri(registry_uri, run_project, run_location),
             model_name=model_name,
             base_model=base_model,
             recipe=recipe,
@@ -52,6 +58,7 @@ def register_model(
             serving_image=serving_image or DEFAULT_VLLM_IMAGE,
             staging_uri=staging_uri,
             api_endpoint=api_endpoint or None,
+            encryption_key=encryption_key or None,
         )
     registered_model.metadata.update(
         {"resource_name": result.resource_name, "version": result.version, "aliases": result.aliases,
