@@ -362,7 +362,8 @@ def test_a_long_string_in_a_bad_field_is_described_not_quoted():
 
 def test_run_summary_is_strict():
     summary = RunSummary(state="SUCCEEDED", baseline_accuracy=0.267, baseline_ci=[0.2, 0.33], tuned_accuracy=0.583,
-                         tuned_ci=[0.52, 0.64], p_value=3.78e-14, registered="registry/m/versions/1")
+                         tuned_ci=[0.52, 0.64], p_value=3.78e-14, registered=True,
+                         registered_at="registry/m/versions/1")
     assert parse_document(RunSummary, summary.model_dump_json(), "summary.json") == summary
     assert summary.model_dump()["schema_version"] == SCHEMA_VERSION
     with pytest.raises(UserError) as raised:

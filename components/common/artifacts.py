@@ -142,16 +142,26 @@ class RegistrationRecord(_Document):
 
 
 class RunSummary(_Document):
-    """How a pipeline run ended, written by its exit handler (and at the end of the local run)."""
+    """How a pipeline run ended, written by its exit task (run_summary); a value no step recorded is None."""
 
     state: str
     failed_task: str | None = None
-    baseline_accuracy: float | None = None
+    error: str | None = None
+    data_fingerprint: str | None = None
+    baseline_accuracy: float | None = Field(default=None, ge=0, le=1)
     baseline_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)  # [low, high]
-    tuned_accuracy: float | None = None
+    tuned_accuracy: float | None = Field(default=None, ge=0, le=1)
     tuned_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)
-    p_value: float | None = None
-    registered: str | None = None  # the registered version's resource name or folder; None when not registered
+    delta: float | None = Field(default=None, ge=-1, le=1)
+    delta_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    test: Literal["mcnemar_exact", "paired_sign_flip"] | None = None
+    p_value: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1)
+    passes_gate: bool | None = None
+    registered: bool = False
+    registered_at: str | None = None  # the version's resource name (Vertex) or folder (file registry)
+    registered_version: str | None = None
+    registered_aliases: list[str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- readers

@@ -35,5 +35,5 @@ def compare_evaluations_component(
     for key in ("baseline_accuracy", "tuned_accuracy", "delta", "delta_ci_low", "delta_ci_high", "p_value", "n"):
         comparison_metrics.log_metric(key, result[key])
     comparison_metrics.log_metric("passes_gate", float(result["passes_gate"]))
-    comparison.metadata.update({"passes_gate": result["passes_gate"], "delta": result["delta"], "p_value": result["p_value"]})
+    comparison.metadata.update({key: result[key] for key in ("passes_gate", "delta", "p_value", "test")})
     return bool(result["passes_gate"])
