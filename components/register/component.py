@@ -15,7 +15,8 @@ def register_model(
     pipeline_run: str,
     base_model: str = "google/medgemma-4b-it",
     data_fingerprint: str = "",
-    serving_mode: str = "adapter",
+    serving_mode: str = "merged",
+    overrides: list = [],  # noqa: B006 (recipe "section.field=value" overrides: the serving flags)
     serving_image: str = "",
     api_endpoint: str = "",
 ) -> str:
@@ -44,6 +45,7 @@ def register_model(
         data_fingerprint=data_fingerprint,
         pipeline_run=pipeline_run,
         serving_mode=serving_mode,
+        recipe_overrides=list(overrides),
         serving_image=serving_image or DEFAULT_VLLM_IMAGE,
         staging_uri=staging_uri,
         api_endpoint=api_endpoint or None,

@@ -28,6 +28,7 @@ from typing import Any
 from components.common import gcs
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import write_json
+from components.common.recipes import ServingSpec, load_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -148,24 +149,25 @@ def results_table(comparison: dict[str, Any]) -> str:
     return "\n".join(["| Metric | Value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])
 
 
-def vllm_container(serving_mode: str, base_model: str, adapter_name: str) -> dict[str, Any]:
-    """vLLM server arguments for Vertex's Model Garden image. Vertex copies the artifact to a location it
-    puts in ``AIP_STORAGE_URI`` and expands ``$(AIP_STORAGE_URI)`` in args."""
+def vllm_container(serving_mode: str, base_model: str, adapter_name: str, serving: ServingSpec) -> dict[str, Any]:
+    """vLLM server arguments for Vertex's Model Garden image, with the recipe's serving flags. Vertex copies
+    the artifact to a location it puts in ``AIP_STORAGE_URI`` and expands ``$(AIP_STORAGE_URI)`` in args."""
     args = ["python", "-m", "vllm.entrypoints.api_server", "--host=0.0.0.0", f"--port={VLLM_PORT}"]
     if serving_mode == "merged":
         args.append("--model=$(AIP_STORAGE_URI)")
     else:
         # The base is pulled at deploy time (a gated model: the endpoint needs HF_TOKEN set at deploy).
         args += [f"--model={base_model}", "--enable-lora", f"--lora-modules={adapter_name}=$(AIP_STORAGE_URI)"]
-    args += ["--max-model-len=4096", "--gpu-memory-utilization=0.9", "--disable-log-stats"]
+    args += [f"--max-model-len={serving.max_model_len}",
+             f"--gpu-memory-utilization={serving.gpu_memory_utilization}", "--disable-log-stats"]
     return {
         "args": args,
         "env": {"MODEL_ID": base_model, "DEPLOY_SOURCE": "medgemma-grpo-pipeline"},
         "ports": [VLLM_PORT],
         "predict_route": "/generate",
         "health_route": "/ping",
-        "shared_memory_size_mb": 16 * 1024,
-        "deployment_timeout_s": 7200,
+        "shared_memory_size_mb": serving.shared_memory_size_mb,
+        "deployment_timeout_s": serving.deployment_timeout_s,
     }
 
 
@@ -191,7 +193,8 @@ def register_model(
     recipe: str,
     data_fingerprint: str,
     pipeline_run: str,
-    serving_mode: str = "adapter",
+    serving_mode: str = "merged",
+    recipe_overrides: list[str] | None = None,
     passed_gate: bool | None = None,
     serving_image: str = DEFAULT_VLLM_IMAGE,
     staging_uri: str | None = None,
@@ -200,7 +203,8 @@ def register_model(
 ) -> RegisteredModel:
     """Register ``model_dir`` as a new version of ``model_name`` (or return the version this run made).
 
-    ``passed_gate`` defaults to comparison.json's ``passes_gate``. ``staging_uri`` (gs://, e.g. under the
+    ``passed_gate`` defaults to comparison.json's ``passes_gate``. The serving flags come from the recipe's
+    ``serving`` section (with ``recipe_overrides``). ``staging_uri`` (gs://, e.g. under the
     pipeline root) is the folder local model files are copied to before a Vertex upload.
     """
     if not model_name or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", model_name):
@@ -237,7 +241,8 @@ def register_model(
         comparison=comparison,
         labels=labels,
         serving_image=serving_image,
-        container=vllm_container(serving_mode, base_model, adapter_name=sanitize_label(model_name)),
+        container=vllm_container(serving_mode, base_model, adapter_name=sanitize_label(model_name),
+                                 serving=load_recipe(recipe, recipe_overrides).serving),
         description=f"GRPO + LoRA tuned {base_model} ({serving_mode}) from recipe {recipe}.\n\n"
         + results_table(comparison),
     )
