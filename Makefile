@@ -28,10 +28,10 @@ $(VENV)/.installed: pyproject.toml containers/trainer/requirements.lock
 	python3 -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
 	$(VENV_PYTHON) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(VENV_PYTHON) -m pip install --quiet -e '.[test]'
+	$(VENV_PYTHON) -m pip install --quiet -e '.[test,serve]'
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv with CPU torch and the package (+ test tools)
+setup: $(VENV)/.installed  ## create .venv with CPU torch and the package (+ test tools, transformers serve)
 
 test: setup  ## run the whole test suite (unit, compile, components, local end-to-end)
 	$(VENV_PYTHON) -m pytest -q

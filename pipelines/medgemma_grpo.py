@@ -1,4 +1,5 @@
-"""The ``medgemma-grpo`` pipeline: prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register.
+"""The ``medgemma-grpo`` pipeline: prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register
+[-> deploy -> smoke test].
 
 Images are bound when the pipeline is built (``build_pipeline``), from compile-time flags: nothing here
 reads the environment.
@@ -12,6 +13,7 @@ from kfp import dsl
 
 from components.compare.component import compare_evaluations_component
 from components.data_prep.component import prepare_medqa_component
+from components.deploy.component import deploy_model_component, smoke_test_component
 from components.evaluate.component import evaluate_model_component
 from components.grpo_train.component import grpo_train_component, grpo_train_multinode_component, tuned_model_from_uri
 from components.register.component import register_model
@@ -47,6 +49,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
     join_branches = on(images.base, tuned_model_from_uri)
     compare = on(images.base, compare_evaluations_component)
     register = on(images.base, register_model)
+    deploy = on(images.base, deploy_model_component)
+    smoke_test = on(images.base, smoke_test_component)
 
     def on_gpu(task, accelerator_type, accelerator_count, cpu_limit, memory_limit):
         # KFP 2.17's set_*_limit do not record their pipeline parameters as task inputs, so inside a dsl.If
@@ -74,8 +78,18 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
         gate_alpha: float = 0.05,
         registry_uri: str = "vertex://",
         model_display_name: str = "medgemma-grpo",
-        serving_mode: str = "adapter",
+        serving_mode: str = "merged",
         hf_token_secret: str = "",
+        deploy_endpoint: str = "",  # empty: no deploy
+        deploy_machine_type: str = "g2-standard-12",
+        deploy_accelerator_type: str = "NVIDIA_L4",
+        deploy_accelerator_count: int = 1,
+        deploy_min_replicas: int = 1,
+        deploy_max_replicas: int = 1,
+        deploy_traffic_percentage: int = 100,
+        smoke_test_prompts: int = 20,
+        smoke_test_min_format_rate: float = 0.9,
+        undeploy_after_smoke_test: bool = False,
     ):
         data = prepare(source=data_source, recipe=recipe, model_id=base_model, hf_token_secret=hf_token_secret)
         baseline = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model, recipe=recipe,
@@ -103,9 +117,17 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
         gate = compare(baseline_evaluation=baseline.outputs["evaluation"], tuned_evaluation=tuned.outputs["evaluation"],
                        margin=gate_margin, alpha=gate_alpha)
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not a Python test)
-            register(model=tuned_model, comparison=gate.outputs["comparison"],
-                     registry_uri=registry_uri, model_name=model_display_name, recipe=recipe,
-                     base_model=base_model, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                     serving_mode=serving_mode)
+            registered = register(model=tuned_model, comparison=gate.outputs["comparison"],
+                                  registry_uri=registry_uri, model_name=model_display_name, recipe=recipe,
+                                  overrides=recipe_overrides, base_model=base_model,
+                                  pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serving_mode=serving_mode)
+            with dsl.If(deploy_endpoint != "", name="deploy"):
+                deployed = deploy(registered_model=registered.outputs["registered_model"], endpoint_name=deploy_endpoint,
+                                  machine_type=deploy_machine_type, accelerator_type=deploy_accelerator_type,
+                                  accelerator_count=deploy_accelerator_count, min_replica_count=deploy_min_replicas,
+                                  max_replica_count=deploy_max_replicas, traffic_percentage=deploy_traffic_percentage)
+                smoke_test(deployment=deployed.outputs["deployment"], test_data=data.outputs["prepared_data"],
+                           recipe=recipe, overrides=recipe_overrides, prompts=smoke_test_prompts,
+                           min_format_rate=smoke_test_min_format_rate, undeploy_after=undeploy_after_smoke_test)
 
     return medgemma_grpo

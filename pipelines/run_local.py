@@ -1,8 +1,10 @@
-"""python pipelines/run_local.py [--summary-json PATH]: run the whole pipeline on this machine's CPU.
+"""python pipelines/run_local.py [--summary-json PATH] [--no-deploy]: run the whole pipeline on this machine's CPU.
 
 The same pipeline Vertex runs, through kfp.local (SubprocessRunner, this Python environment), with the tiny
 offline Gemma 3 model, the bundled synthetic demo data and the ``tiny-cpu`` recipe. Registration goes to a
-file registry under the pipeline root. Prints the results table; ``--summary-json`` writes it as JSON.
+file registry under the pipeline root; the registered model is deployed to a folder endpoint next to it and
+smoke-tested through a real local server (``transformers serve``) unless ``--no-deploy``. Prints the results
+table; ``--summary-json`` writes it as JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from components.common.errors import UserError, cli_main
 
 log = logging.getLogger("run_local")
 DEFAULT_WORKDIR = "local_outputs"
+LOCAL_ENDPOINT = "medgemma-grpo-demo-endpoint"
 
 
 def tiny_model_dir(workdir: Path) -> Path:
@@ -62,6 +65,8 @@ def collect_summary(run_dir: Path, wall_seconds: float) -> dict[str, Any]:
     comparison = json.loads(comparison_path.read_text())
     registration_path = _find(run_dir, "register-model", "registered_model/registration.json")
     registration = json.loads(registration_path.read_text()) if registration_path else None
+    smoke_path = _find(run_dir, "smoke-test-component", "report/smoke_test.json")
+    smoke = json.loads(smoke_path.read_text()) if smoke_path else None
     baseline = json.loads((_find(run_dir, "evaluate-model-component", "evaluation") / "metrics.json").read_text())
     tuned = json.loads((_find(run_dir, "evaluate-model-component-2", "evaluation") / "metrics.json").read_text())
     return {
@@ -77,6 +82,8 @@ def collect_summary(run_dir: Path, wall_seconds: float) -> dict[str, Any]:
         "registered": registration is not None,
         "registered_at": registration.get("resource_name") if registration else None,
         "registered_version": registration.get("version") if registration else None,
+        "smoke_test": {key: smoke[key] for key in ("endpoint", "n", "format_rate", "accuracy", "latency_p50_s",
+                                                   "latency_p95_s", "passed")} if smoke else None,
         "run_dir": str(run_dir),
         "wall_seconds": round(wall_seconds, 1),
     }
@@ -94,11 +101,14 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{'delta':18}{summary['delta']:>+10.3f}  {ci(summary['delta_ci'])}",
         f"McNemar p-value   {summary['p_value']:.2e}   (n = {summary['n']} paired questions)",
         f"registered        {where}",
+        *([f"smoke test        {smoke['n']} prompts via a local server: format rate {smoke['format_rate']:.2f}, "
+           f"accuracy {smoke['accuracy']:.2f}, latency p50 {smoke['latency_p50_s']:.2f} s, "
+           f"p95 {smoke['latency_p95_s']:.2f} s"] if (smoke := summary.get("smoke_test")) else []),
         f"wall time         {summary['wall_seconds']:.0f} s",
     ])
 
 
-def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01) -> dict[str, Any]:
+def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01, deploy: bool = True) -> dict[str, Any]:
     from kfp import local
 
     from components.demo_data import bundled_demo_dir
@@ -119,6 +129,7 @@ def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01
         registry_uri=str(pipeline_root / "registry"),
         model_display_name="medgemma-grpo-demo",
         gate_alpha=gate_alpha,
+        deploy_endpoint=LOCAL_ENDPOINT if deploy else "",
     )
     return collect_summary(_newest_run_dir(pipeline_root, before), time.monotonic() - started)
 
@@ -129,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"outputs and caches (default ./{DEFAULT_WORKDIR})")
     parser.add_argument("--summary-json", help="also write the results as JSON here")
     parser.add_argument("--gate-alpha", type=float, default=0.01, help="significance the gate requires (default 0.01)")
+    parser.add_argument("--no-deploy", dest="deploy", action="store_false",
+                        help="skip the deploy + smoke test through a local server (transformers serve)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    summary = run_local(args.workdir, gate_alpha=args.gate_alpha)
+    summary = run_local(args.workdir, gate_alpha=args.gate_alpha, deploy=args.deploy)
     print("\n" + format_table(summary))
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-STEPS = ["data_prep", "grpo_train", "evaluate", "compare", "register", "tiny_model", "demo_data"]
+STEPS = ["data_prep", "grpo_train", "evaluate", "compare", "register", "deploy", "tiny_model", "demo_data"]
 
 
 @pytest.mark.parametrize("step", STEPS)

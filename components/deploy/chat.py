@@ -65,12 +65,17 @@ class VertexPredict:
         self.timeout_s = timeout_s
 
     def send(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        import requests
         from google.api_core import exceptions
+        from google.protobuf import json_format
 
+        where = f"{self.endpoint.resource_name}:predict"
         try:
             prediction = self.endpoint.predict(instances=[{**CHAT_REQUEST_FORMAT, **body}], timeout=self.timeout_s)
         except exceptions.GoogleAPICallError as err:
-            raise EndpointError(f"{type(err).__name__} ({err.code}) from {self.endpoint.resource_name}:predict") from None
+            raise EndpointError(f"{type(err).__name__} ({err.code}) from {where}") from None
+        except (requests.RequestException, json_format.ParseError) as err:
+            raise EndpointError(f"{type(err).__name__} from {where}") from None
         predictions = prediction.predictions
         completion = predictions[0] if isinstance(predictions, list) and predictions else predictions
         return completion, str(prediction.deployed_model_id or "")

@@ -183,7 +183,7 @@ def rollback(deployment: Deployment, *, api_endpoint: str | None = None, credent
 def undeploy(deployment: Deployment, *, api_endpoint: str | None = None, credentials: Any = None) -> None:
     """Take the new version off the endpoint; the previous traffic split (if any) is restored in the same call."""
     if deployment.backend == "vertex":
-        endpoint = _vertex_endpoint(deployment.endpoint, api_endpoint, credentials)
+        endpoint = vertex_endpoint(deployment.endpoint, api_endpoint, credentials)
         if deployment.deployed_model_id not in {m.id for m in endpoint.list_models()}:
             logger.info("deployed model %s is no longer on %s", deployment.deployed_model_id, deployment.endpoint)
             return
@@ -265,7 +265,7 @@ def _project_location(resource_name: str, what: str) -> tuple[str, str]:
     return parts[1], parts[3]
 
 
-def _vertex_endpoint(resource_name: str, api_endpoint: str | None, credentials: Any) -> Any:
+def vertex_endpoint(resource_name: str, api_endpoint: str | None, credentials: Any) -> Any:
     from google.cloud import aiplatform
 
     project, location = _project_location(resource_name, "endpoint")

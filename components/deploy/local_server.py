@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.common.errors import UserError
+from components.deploy.chat import EndpointError
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,13 @@ def transformers_serve(model_dir: str, *, max_model_len: int, log_path: str | Pa
         started = time.monotonic()
         while True:
             if process.poll() is not None:
-                raise UserError(f"the local server (transformers serve) exited with code {process.returncode} "
+                raise EndpointError(f"the local server (transformers serve) exited with code {process.returncode} "
                                 f"before it was ready; its log: {log_path}")
             with contextlib.suppress(requests.RequestException):
                 if requests.get(base_url + "/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() - started > startup_timeout_s:
-                raise UserError(f"the local server was not ready within {startup_timeout_s:.0f} s; its log: {log_path}")
+                raise EndpointError(f"the local server was not ready within {startup_timeout_s:.0f} s; its log: {log_path}")
             time.sleep(0.5)
         log.info("local server ready at %s after %.1f s (model %s)", base_url, time.monotonic() - started, model_dir)
         yield base_url

@@ -63,9 +63,9 @@ def open_transport(deployment: Deployment, *, max_model_len: int, work_dir: Path
                    credentials: Any, timeout_s: float) -> Iterator[Transport]:
     """Vertex: the endpoint's predict route. Folder endpoint: a local server over the new version's files."""
     if deployment.backend == "vertex":
-        from components.deploy.core import _vertex_endpoint
+        from components.deploy.core import vertex_endpoint
 
-        yield VertexPredict(_vertex_endpoint(deployment.endpoint, api_endpoint, credentials), timeout_s=timeout_s)
+        yield VertexPredict(vertex_endpoint(deployment.endpoint, api_endpoint, credentials), timeout_s=timeout_s)
     else:
         from components.deploy.local_server import transformers_serve
 
@@ -131,17 +131,21 @@ def smoke_test(
                               "model": deployment.model, "backend": deployment.backend,
                               "min_format_rate": min_format_rate, "rolled_back": False, "undeployed": False}
     try:
-        with open_transport(deployment, max_model_len=spec.serving.max_model_len, work_dir=output_dir,
-                            api_endpoint=api_endpoint, credentials=credentials, timeout_s=request_timeout_s) as transport:
-            client = ChatClient(transport, max_tokens=decoding.max_new_tokens,
-                                temperature=decoding.temperature if decoding.do_sample else 0.0,
-                                top_p=decoding.top_p if decoding.do_sample else 1.0, seed=decoding.seed)
-            report.update(run_prompts(client, rows))
-        failure = _failure(report, min_format_rate)
+        try:
+            with open_transport(deployment, max_model_len=spec.serving.max_model_len, work_dir=output_dir,
+                                api_endpoint=api_endpoint, credentials=credentials,
+                                timeout_s=request_timeout_s) as transport:
+                client = ChatClient(transport, max_tokens=decoding.max_new_tokens,
+                                    temperature=decoding.temperature if decoding.do_sample else 0.0,
+                                    top_p=decoding.top_p if decoding.do_sample else 1.0, seed=decoding.seed)
+                report.update(run_prompts(client, rows))
+            failure = _failure(report, min_format_rate)
+            log.info("smoke test: %d/%d answered, format rate %.3f, accuracy %.3f, latency p50 %s s p95 %s s",
+                     report["answered"], report["n"], report["format_rate"], report["accuracy"],
+                     report["latency_p50_s"], report["latency_p95_s"])
+        except EndpointError as err:  # the endpoint never answered (a local server that did not start)
+            failure = str(err)
         report["passed"] = failure is None
-        log.info("smoke test: %d/%d answered, format rate %.3f, accuracy %.3f, latency p50 %s s p95 %s s",
-                 report["answered"], report["n"], report["format_rate"], report["accuracy"],
-                 report["latency_p50_s"], report["latency_p95_s"])
         if failure is not None:
             report["rolled_back"] = rollback(deployment, api_endpoint=api_endpoint, credentials=credentials)
             after = ("traffic rolled back to the previous version" if report["rolled_back"]
