@@ -122,8 +122,9 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
                                   overrides=recipe_overrides, base_model=base_model,
                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serving_mode=serving_mode)
             with dsl.If(deploy_endpoint != "", name="deploy"):
-                deployed = deploy(registered_model=registered.outputs["registered_model"], endpoint_name=deploy_endpoint,
-                                  machine_type=deploy_machine_type, accelerator_type=deploy_accelerator_type,
+                deployed = deploy(registered_model=registered.outputs["registered_model"],
+                                  endpoint_name=deploy_endpoint, machine_type=deploy_machine_type,
+                                  accelerator_type=deploy_accelerator_type,
                                   accelerator_count=deploy_accelerator_count, min_replica_count=deploy_min_replicas,
                                   max_replica_count=deploy_max_replicas, traffic_percentage=deploy_traffic_percentage)
                 smoke_test(deployment=deployed.outputs["deployment"], test_data=data.outputs["prepared_data"],

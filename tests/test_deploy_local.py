@@ -88,8 +88,9 @@ def test_folder_endpoint_refuses_an_adapter(tmp_path):
 class _BrokenServer(BaseHTTPRequestHandler):
     """An OpenAI-compatible server gone wrong: each request gets the next of these replies."""
 
+    answer = {"choices": [{"message": {"content": "<answer>B</answer>"}, "finish_reason": "stop"}]}
     replies = [(500, b'{"detail": "boom"}'), (200, b"<html>not json</html>"), (200, b'{"choices": []}'),
-               (200, json.dumps({"choices": [{"message": {"content": "<answer>B</answer>"}, "finish_reason": "stop"}]}).encode())]
+               (200, json.dumps(answer).encode())]
 
     def log_message(self, format, *args):
         pass

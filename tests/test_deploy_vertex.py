@@ -125,7 +125,8 @@ def test_canary_deploy_keeps_the_rest_on_the_previous_version_and_a_retry_deploy
 
 def test_an_adapter_is_refused_before_anything_is_deployed(vertex, tmp_path):
     registration = register(vertex, tmp_path, "run-1", serving_mode="adapter")
-    with pytest.raises(UserError, match=r"serving_mode 'adapter' cannot be deployed: .*vllm#32758.*serving_mode=merged"):
+    refused = r"serving_mode 'adapter' cannot be deployed: .*vllm#32758.*serving_mode=merged"
+    with pytest.raises(UserError, match=refused):
         deploy(vertex, registration)
     assert deploy_requests(vertex) == [] and vertex.requests_to("POST", r"/endpoints$") == []
 

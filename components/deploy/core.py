@@ -279,7 +279,8 @@ def _deploy_on_vertex(registration: dict[str, Any], spec: DeploymentSpec, *, api
 
     resource_name = registration["resource_name"]
     if not _VERTEX_MODEL.match(resource_name):
-        raise UserError(f"registered_model: {resource_name!r} is not a Vertex model version (projects/P/locations/L/models/ID@V)")
+        raise UserError(f"registered_model: {resource_name!r} is not a Vertex model version "
+                        "(projects/P/locations/L/models/ID@V)")
     project, location = _project_location(resource_name, "registered_model")
     init_vertex(project, location, api_endpoint, credentials)
     model = aiplatform.Model(resource_name)

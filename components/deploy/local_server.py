@@ -67,7 +67,8 @@ def transformers_serve(model_dir: str, *, max_model_len: int, log_path: str | Pa
                 if requests.get(base_url + "/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() - started > startup_timeout_s:
-                raise EndpointError(f"the local server was not ready within {startup_timeout_s:.0f} s; its log: {log_path}")
+                raise EndpointError(f"the local server was not ready within {startup_timeout_s:.0f} s; "
+                                    f"its log: {log_path}")
             time.sleep(0.5)
         log.info("local server ready at %s after %.1f s (model %s)", base_url, time.monotonic() - started, model_dir)
         yield base_url

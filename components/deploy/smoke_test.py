@@ -17,7 +17,7 @@ from typing import Any
 from components.common.answers import extract_answer
 from components.common.errors import UserError
 from components.common.jsonl import read_jsonl, write_json
-from components.common.recipes import load_recipe
+from components.common.recipes import Recipe, load_recipe
 from components.deploy.chat import ChatClient, EndpointError, OpenAIServer, Transport, VertexPredict
 from components.deploy.core import Deployment, rollback, undeploy
 
@@ -122,7 +122,6 @@ def smoke_test(
     deployment = Deployment.load(deployment_path)
     rows = load_prompts(test_data, prompts)
     spec = load_recipe(recipe, overrides)
-    decoding = spec.evaluation
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     log.info("smoke test: %d prompts through %s (%s backend)", len(rows), deployment.endpoint, deployment.backend)
@@ -131,20 +130,8 @@ def smoke_test(
                               "model": deployment.model, "backend": deployment.backend,
                               "min_format_rate": min_format_rate, "rolled_back": False, "undeployed": False}
     try:
-        try:
-            with open_transport(deployment, max_model_len=spec.serving.max_model_len, work_dir=output_dir,
-                                api_endpoint=api_endpoint, credentials=credentials,
-                                timeout_s=request_timeout_s) as transport:
-                client = ChatClient(transport, max_tokens=decoding.max_new_tokens,
-                                    temperature=decoding.temperature if decoding.do_sample else 0.0,
-                                    top_p=decoding.top_p if decoding.do_sample else 1.0, seed=decoding.seed)
-                report.update(run_prompts(client, rows))
-            failure = _failure(report, min_format_rate)
-            log.info("smoke test: %d/%d answered, format rate %.3f, accuracy %.3f, latency p50 %s s p95 %s s",
-                     report["answered"], report["n"], report["format_rate"], report["accuracy"],
-                     report["latency_p50_s"], report["latency_p95_s"])
-        except EndpointError as err:  # the endpoint never answered (a local server that did not start)
-            failure = str(err)
+        failure = _send_prompts(deployment, rows, spec, report, work_dir=output_dir, api_endpoint=api_endpoint,
+                                credentials=credentials, timeout_s=request_timeout_s)
         report["passed"] = failure is None
         if failure is not None:
             report["rolled_back"] = rollback(deployment, api_endpoint=api_endpoint, credentials=credentials)
@@ -157,6 +144,25 @@ def smoke_test(
             report["undeployed"] = True
         write_json(output_dir / REPORT_FILE, report)
     return report
+
+
+def _send_prompts(deployment: Deployment, rows: list[dict[str, Any]], spec: Recipe, report: dict[str, Any], *,
+                  work_dir: Path, api_endpoint: str | None, credentials: Any, timeout_s: float) -> str | None:
+    """Fill ``report`` with the prompts' metrics; what failed, or None."""
+    decoding = spec.evaluation
+    try:
+        with open_transport(deployment, max_model_len=spec.serving.max_model_len, work_dir=work_dir,
+                            api_endpoint=api_endpoint, credentials=credentials, timeout_s=timeout_s) as transport:
+            client = ChatClient(transport, max_tokens=decoding.max_new_tokens,
+                                temperature=decoding.temperature if decoding.do_sample else 0.0,
+                                top_p=decoding.top_p if decoding.do_sample else 1.0, seed=decoding.seed)
+            report.update(run_prompts(client, rows))
+    except EndpointError as err:  # the endpoint never answered (a local server that did not start)
+        return str(err)
+    log.info("smoke test: %d/%d answered, format rate %.3f, accuracy %.3f, latency p50 %s s p95 %s s",
+             report["answered"], report["n"], report["format_rate"], report["accuracy"],
+             report["latency_p50_s"], report["latency_p95_s"])
+    return _failure(report, report["min_format_rate"])
 
 
 def _failure(report: dict[str, Any], min_format_rate: float) -> str | None:
