@@ -21,17 +21,21 @@ VENV_PYTHON := $(VENV)/bin/python
 # CPU torch at the version the trainer image's lock pins (one place for the pin); pip takes the CPU
 # build from the local wheel cache when there is one, so CI never downloads CUDA torch.
 TORCH_VERSION = $(shell python3 containers/lock.py pin torch --image trainer)
+# Everything else at the trainer lock's versions (pip constraints made from the lock), so the tests run
+# what the images ship; vLLM and CUDA-only packages are left out (containers/lock.py: CPU_SKIPPED).
+CONSTRAINTS := $(VENV)/lock-constraints.txt
 
 .PHONY: setup test run-local compile bench-local
 
 $(VENV)/.installed: pyproject.toml containers/trainer/requirements.lock
 	python3 -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
-	$(VENV_PYTHON) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(VENV_PYTHON) -m pip install --quiet -e '.[test,serve]'
+	python3 containers/lock.py constraints --image trainer --cpu > $(CONSTRAINTS)
+	$(VENV_PYTHON) -m pip install --quiet -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)"
+	$(VENV_PYTHON) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,serve]'
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv with CPU torch and the package (+ test tools, transformers serve)
+setup: $(VENV)/.installed  ## create .venv: CPU torch, the package, test tools, transformers serve (trainer lock's versions)
 
 test: setup  ## run the whole test suite (unit, compile, components, local end-to-end)
 	$(VENV_PYTHON) -m pytest -q

@@ -184,6 +184,45 @@ def run_ours(model, prompts, *, new_tokens: int, batch_size: int) -> dict:
     }
 
 
+def save_checkpoint(model, folder: Path) -> Path:
+    """The model with the tiny model's Gemma 3 processor (tokenizer + chat template), as vLLM loads a checkpoint."""
+    from transformers import AutoProcessor
+
+    from components.common.modeling import save_for_serving
+    from components.tiny_model.core import build_tiny_model
+
+    processor = AutoProcessor.from_pretrained(build_tiny_model(folder.parent / "tokenizer_source"))
+    return save_for_serving(model, processor, folder)
+
+
+def run_vllm(checkpoint: Path, prompts, *, new_tokens: int) -> dict:
+    """The evaluate step's vLLM backend on the same token ids: engine start, generation and shutdown timed apart."""
+    from vllm import LLM
+
+    from components.common.vllm_engine import engine_args, shutdown
+    from components.evaluate.vllm_backend import generate_ids, sampling_args
+
+    started = time.perf_counter()
+    llm = LLM(**engine_args(str(checkpoint), dtype="bfloat16", seed=42, max_model_len=max(map(len, prompts)) + new_tokens))
+    engine_start = time.perf_counter() - started
+    sampling = sampling_args(do_sample=True, temperature=0.7, top_p=0.9, top_k=64, max_new_tokens=new_tokens, samples=1, seed=42)
+    started = time.perf_counter()
+    results = generate_ids(llm, prompts, sampling)[0]
+    wall = time.perf_counter() - started
+    started = time.perf_counter()
+    shutdown(llm)
+    tokens = sum(len(r["token_ids"]) for r in results)
+    return {
+        "prompts": len(prompts),
+        "engine_start_s": round(engine_start, 1),
+        "wall_s": round(wall, 2),
+        "shutdown_s": round(time.perf_counter() - started, 1),
+        "tokens_generated": tokens,
+        "truncated_rows": sum(r["truncated"] for r in results),
+        "tokens_per_s": round(tokens / wall, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU smoke run")
@@ -194,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebook-batches", type=int, default=1, help="batches of the notebook loop to time (0: skip)")
     parser.add_argument("--batch-size", type=int, default=0, help="ours: rows per batch (0: from free memory)")
     parser.add_argument("--liger", action="store_true", help="also run ours again with Liger's kernels applied (GPU)")
+    parser.add_argument("--vllm", action="store_true", help="also run the evaluate step's vLLM backend (GPU, vllm installed)")
+    parser.add_argument("--workdir", default="/tmp/bench_eval", help="where --vllm saves the checkpoint it loads")
+    parser.add_argument("--skip-ours", action="store_true", help="run only the notebook loop and/or vLLM")
     parser.add_argument("--output", default="bench_eval.json")
     args = parser.parse_args(argv)
 
@@ -222,19 +264,27 @@ def main(argv: list[str] | None = None) -> int:
             model, prompts, batch_size=args.notebook_batch_size, batches=args.notebook_batches, new_tokens=args.new_tokens, device=device
         )
         print(json.dumps({"notebook_generate": report["notebook_generate"]}), flush=True)
-    report["ours"] = run_ours(model, prompts, new_tokens=args.new_tokens, batch_size=args.batch_size)
-    print(json.dumps({"ours": report["ours"]}), flush=True)
-    if args.liger and device == "cuda":  # the evaluate step's evaluation.liger_kernels, on the same model
+    if not args.skip_ours:
+        report["ours"] = run_ours(model, prompts, new_tokens=args.new_tokens, batch_size=args.batch_size)
+        print(json.dumps({"ours": report["ours"]}), flush=True)
+    if args.liger and device == "cuda" and not args.skip_ours:  # the evaluate step's evaluation.liger_kernels, on the same model
         from components.common.modeling import apply_liger_kernels
 
         apply_liger_kernels(model)
         report["ours_liger"] = run_ours(model, prompts, new_tokens=args.new_tokens, batch_size=args.batch_size)
         print(json.dumps({"ours_liger": report["ours_liger"]}), flush=True)
+    if args.vllm:
+        checkpoint = save_checkpoint(model, Path(args.workdir) / "model")
+        del model
+        reset_peak()  # vLLM sizes its cache from the card's free memory
+        report["vllm"] = run_vllm(checkpoint, prompts, new_tokens=args.new_tokens)
+        report["versions"]["vllm"] = __import__("vllm").__version__
+        print(json.dumps({"vllm": report["vllm"]}), flush=True)
     if "notebook_generate" in report:
         notebook = report["notebook_generate"]["extrapolated_wall_s_full_split"]
-        report["speedup_vs_notebook"] = round(notebook / report["ours"]["wall_s"], 2)
-        if "ours_liger" in report:
-            report["speedup_vs_notebook_liger"] = round(notebook / report["ours_liger"]["wall_s"], 2)
+        for name in ("ours", "ours_liger", "vllm"):
+            if name in report:
+                report[f"speedup_vs_notebook_{name}"] = round(notebook / report[name]["wall_s"], 2)
     write_report(args.output, report)
     return 0
 

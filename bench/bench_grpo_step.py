@@ -95,25 +95,6 @@ def write_prompts(data_dir: Path, model_dir: Path, *, rows: int, mean_tokens: in
 
 
 # -- one variant (child process) ---------------------------------------------------------------------------
-def _step_timer():
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.last, self.seconds = None, []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if self.last is None:
-                self.last = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            now = time.perf_counter()
-            self.seconds.append(round(now - self.last, 2))
-            self.last = now
-
-    return StepTimer()
-
-
 def run_notebook(model_dir: Path, data_dir: Path, out_dir: Path, a) -> dict:
     """The notebook's GRPOConfig and LoRA config on TRL 1.16, use_vllm=False (TRL 0.21 defaults spelled out)."""
     import torch
@@ -123,6 +104,7 @@ def run_notebook(model_dir: Path, data_dir: Path, out_dir: Path, a) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from components.common.jsonl import read_jsonl
+    from components.grpo_train.core import make_step_timer
     from components.grpo_train.rewards import REWARDS
 
     cuda = torch.cuda.is_available()
@@ -142,7 +124,7 @@ def run_notebook(model_dir: Path, data_dir: Path, out_dir: Path, a) -> dict:
         loss_type="bnpo", beta=0.04, scale_rewards="group", temperature=1.0, top_p=1.0, mask_truncated_completions=False,
     )
     lora = LoraConfig(task_type="CAUSAL_LM", r=64, lora_alpha=64, target_modules="all-linear")
-    timer = _step_timer()
+    timer = make_step_timer()
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[REWARDS["correctness"]], args=config,
                           train_dataset=dataset, processing_class=AutoProcessor.from_pretrained(model_dir), peft_config=lora, callbacks=[timer])
     generation_seconds = []
@@ -165,15 +147,18 @@ def run_notebook(model_dir: Path, data_dir: Path, out_dir: Path, a) -> dict:
                 config.per_device_train_batch_size, config.gradient_accumulation_steps)}
 
 
-def run_ours(model_dir: Path, data_dir: Path, out_dir: Path, a, overrides: list[str]) -> dict:
+def run_ours(model_dir: Path, data_dir: Path, out_dir: Path, a, overrides: list[str], world_size: int = 1) -> dict:
+    """``train_grpo`` on the job the training step would build; ``world_size``: this process is one of that many."""
     from components.grpo_train.core import train_grpo
+    from components.grpo_train.job import TrainingJob
 
     sizes = [f"train.max_steps={a.steps}", f"train.max_completion_length={a.completion_tokens}"]
     if a.tiny:
         sizes.append(f"train.per_device_train_batch_size={a.prompts_per_step * NUM_GENERATIONS}")
         sizes.append("train.gradient_accumulation_steps=1")
-    outcome = train_grpo(a.recipe, data_dir, out_dir, model=str(model_dir), overrides=OURS_BASE_OVERRIDES + sizes + overrides,
-                         show_progress=False, rollout=a.rollout)
+    job = TrainingJob.build(a.recipe, data_dir, out_dir, model=str(model_dir), overrides=OURS_BASE_OVERRIDES + sizes + overrides,
+                            show_progress=False, rollout=a.rollout)
+    outcome = train_grpo(job.data_parallel(world_size))
     summary = json.loads((Path(outcome.adapter_dir) / "training_summary.json").read_text())
     train = summary["recipe_settings"]["train"]
     return {"step_seconds": summary["step_seconds"], "rollout_seconds": summary["rollout_seconds"] or [],

@@ -69,6 +69,7 @@ def prepare(workdir: Path, tiny: bool) -> tuple[Path, Path, str]:
 
 def run_one(a) -> dict:
     """One GPU count, in this process (the driver starts one per count): train, then read the log history."""
+    from components.grpo_train.job import TrainingJob
     from components.grpo_train.launch import train_on_this_machine
 
     model_dir, data_dir, recipe = prepare(Path(a.workdir), a.tiny)
@@ -80,8 +81,8 @@ def run_one(a) -> dict:
     overrides = COMMON_OVERRIDES + [f"train.max_steps={a.steps}", f"train.save_steps={a.steps}"]
     overrides += (TINY_OVERRIDES if a.tiny else ["generation_backend=transformers"]) + a.set
     started = time.perf_counter()
-    outcome = train_on_this_machine(recipe, str(data_dir), str(out), model=str(model_dir), overrides=overrides,
-                                    gpus=a.run_one)
+    job = TrainingJob.build(recipe, data_dir, out, model=str(model_dir), overrides=overrides)
+    outcome = train_on_this_machine(job, gpus=a.run_one)
     wall = time.perf_counter() - started
     state = json.loads((out / "checkpoints" / f"checkpoint-{a.steps}" / "trainer_state.json").read_text())
     curve = [{"step": e["step"], **{k: e[k] for k in CURVE_KEYS if k in e}}

@@ -183,20 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         if a.gpus > 1:
             return profile_on_ranks(argv if argv is not None else sys.argv[1:], a)
     else:
-        from components.common.recipes import load_recipe
-        from components.grpo_train.launch import data_parallel_overrides
-
         if a.tiny:  # bench_grpo_step's tiny sizes take the whole step in one micro-batch: split it over the ranks
             completions = a.prompts_per_step * bench.NUM_GENERATIONS
             a.overrides = a.overrides + [f"train.per_device_train_batch_size={completions // a.gpus}",
                                          f"train.gradient_accumulation_steps={a.gpus}"]
-        recipe = load_recipe(a.recipe, bench.OURS_BASE_OVERRIDES + a.overrides)
-        a.overrides = a.overrides + data_parallel_overrides(recipe, a.gpus)
     timer = PhaseTimer()
     timer.profile_step = a.steps
     install(timer)
     a.rollout = "static-graph"
-    result = bench.run_ours(model_dir, workdir / "data", workdir / "runs" / "profile", a, a.overrides)
+    result = bench.run_ours(model_dir, workdir / "data", workdir / "runs" / "profile", a, a.overrides,
+                            world_size=a.gpus if a.rank_of else 1)
     report = {
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "recipe": a.recipe, "overrides": a.overrides, "settings": result["settings"],

@@ -31,6 +31,10 @@ IMAGES = ("trainer", "base")
 # These import torch; leaving them out keeps the base image free of CUDA torch (several GB).
 BASE_EXCLUDED = frozenset({"torch", "trl", "peft", "accelerate"})
 GPU_EXTRA = "gpu"
+# What a CPU-only test machine cannot or need not install: vLLM and its GPU kernels, Liger's Triton kernels,
+# CUDA libraries, and networkx (torch's graph library), whose locked version needs Python 3.12 while the tests
+# run on 3.11 too. Everything else keeps the trainer lock's version, so the tests run what the image ships.
+CPU_SKIPPED = re.compile(r"^(vllm|flashinfer-.*|liger-kernel|triton|xgrammar|nvidia-.*|cuda-.*|cupy.*|networkx)$")
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
@@ -145,9 +149,14 @@ def write_locks(images: list[str], uv: str) -> None:
         print(f"{path.relative_to(REPO_ROOT)}: {len(read_lock(path))} packages")
 
 
-def constraint_lines(image: str, skip: frozenset[str] = frozenset()) -> list[str]:
-    """``name==version`` lines (no hashes) for ``pip install -c``, leaving out ``skip``."""
-    return [f"{name}=={version}" for name, version in read_lock(lock_path(image)).items() if name not in skip]
+def constraint_lines(image: str, skip: frozenset[str] = frozenset(), *, cpu: bool = False) -> list[str]:
+    """``name==version`` lines (no hashes) for ``pip install -c``, leaving out ``skip`` (and, with ``cpu``,
+    ``CPU_SKIPPED``). ``torch==X`` also admits the CPU build ``X+cpu``."""
+    return [
+        f"{name}=={version}"
+        for name, version in read_lock(lock_path(image)).items()
+        if name not in skip and not (cpu and CPU_SKIPPED.match(name))
+    ]
 
 
 def _find_uv(given: str | None) -> str:
@@ -166,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     cons = sub.add_parser("constraints", help="print an image's pins as a pip constraints file")
     cons.add_argument("--image", choices=IMAGES, default="trainer")
     cons.add_argument("--skip", action="append", default=[], help="leave this package out (repeatable)")
+    cons.add_argument("--cpu", action="store_true", help="leave out what a CPU-only machine cannot install")
     pin = sub.add_parser("pin", help="print the locked version of one package")
     pin.add_argument("package")
     pin.add_argument("--image", choices=IMAGES, default="trainer")
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             write_locks(list(IMAGES) if args.image == "all" else [args.image], _find_uv(args.uv))
         elif args.command == "constraints":
             skip = frozenset(canonical_name(name) for name in args.skip)
-            print("\n".join(constraint_lines(args.image, skip)))
+            print("\n".join(constraint_lines(args.image, skip, cpu=args.cpu)))
         else:
             pins = read_lock(lock_path(args.image))
             name = canonical_name(args.package)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,69 @@ def test_lock_cli_is_stdlib_only_and_prints_pins_and_constraints():
     missing = run("pin", "no-such-package")
     assert missing.returncode == 2
     assert missing.stderr.strip() == "error: 'no-such-package' is not in the trainer lock"
+
+
+# --- The test machine installs the lock's versions ----------------------------------------------------------
+
+def _test_extra() -> list[Requirement]:
+    pyproject = tomllib.loads(lock.PYPROJECT.read_text(encoding="utf-8"))
+    return [Requirement(text) for text in pyproject["project"]["optional-dependencies"]["test"]]
+
+
+def test_cpu_constraints_pin_everything_but_vllm_and_cuda_to_the_trainer_lock():
+    pins = lock.read_lock(lock.lock_path("trainer"))
+    result = subprocess.run([sys.executable, "-S", str(CONTAINERS / "lock.py"), "constraints", "--image", "trainer",
+                             "--cpu"], capture_output=True, text=True, check=True)
+    constrained = dict(line.split("==") for line in result.stdout.split())
+    assert constrained["torch"] == pins["torch"] and constrained["transformers"] == pins["transformers"]
+    assert all(version == pins[name] for name, version in constrained.items())
+    skipped = set(pins) - set(constrained)
+    assert {"vllm", "triton", "liger-kernel", "nvidia-cublas"} <= skipped
+    assert skipped == {name for name in pins if lock.CPU_SKIPPED.match(name)}
+    assert all(name.startswith(("nvidia-", "cuda-", "flashinfer-")) or name in {"vllm", "triton", "liger-kernel",
+               "xgrammar", "networkx"} for name in skipped), "a package the tests use would escape the lock"
+
+
+def test_make_setup_installs_under_the_trainer_lock_constraints(tmp_path):
+    venv = tmp_path / "venv"
+    dry_run = subprocess.run(["make", "-n", "-B", "setup", f"VENV={venv}"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    constraints = f"{venv}/lock-constraints.txt"
+    assert f"python3 containers/lock.py constraints --image trainer --cpu > {constraints}" in dry_run
+    installs = [line for line in dry_run if " -m pip install " in line and "--upgrade pip" not in line]
+    pins = lock.read_lock(lock.lock_path("trainer"))
+    assert installs == [
+        f'{venv}/bin/python -m pip install --quiet -c {constraints} "torch=={pins["torch"]}"',
+        f"{venv}/bin/python -m pip install --quiet -c {constraints} -e '.[test]'",
+    ]
+
+
+def test_test_extra_can_install_under_the_trainer_lock():
+    """The test tools' ranges and, where installed here, their own requirements admit the lock's pins, so
+    `pip install -c <lock constraints> -e '.[test]'` resolves."""
+    pins = lock.read_lock(lock.lock_path("trainer"))
+    checked = 0
+    for requirement in _test_extra():
+        name = canonicalize_name(requirement.name)
+        if name in pins:
+            assert requirement.specifier.contains(Version(pins[name]), prereleases=True), (
+                f"the trainer lock pins {name}=={pins[name]}, outside pyproject's test extra {requirement}"
+            )
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for text in dist.requires or []:
+            needed = Requirement(text)
+            if needed.marker is not None and not needed.marker.evaluate({"extra": ""}):
+                continue
+            if canonicalize_name(needed.name) in pins:
+                checked += 1
+                pin = pins[canonicalize_name(needed.name)]
+                assert needed.specifier.contains(Version(pin), prereleases=True), (
+                    f"{name} {dist.version} needs {text}; the trainer lock pins {pin}"
+                )
+    assert checked >= 2, "no test tool's requirement met a locked package: is the test extra installed?"
 
 
 # --- Dockerfiles -----------------------------------------------------------------------------------------

@@ -148,6 +148,7 @@ def test_unmerged_rollout_gets_the_lora_input_casts_back(tiny_model_dir, monkeyp
 def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_demo_dir, tmp_path, monkeypatch):
     from components.common import generation
     from components.grpo_train.core import train_grpo
+    from components.grpo_train.job import TrainingJob
 
     decode_layers_built = []
     build = generation.StaticBatchGenerator._decode_layers
@@ -159,9 +160,10 @@ def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_de
 
     monkeypatch.setattr(generation.StaticBatchGenerator, "_decode_layers", recording_build)
     out = tmp_path / "train"
-    outcome = train_grpo("tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, show_progress=False, rollout="static-graph",
-                         overrides=["train.per_device_train_batch_size=8", "train.max_completion_length=8",
-                                    "train.max_steps=2", "train.save_strategy='no'"])
+    outcome = train_grpo(TrainingJob.build(
+        "tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, show_progress=False, rollout="static-graph",
+        overrides=["train.per_device_train_batch_size=8", "train.max_completion_length=8", "train.max_steps=2",
+                   "train.save_strategy='no'"]))
     summary = json.loads((out / "adapter" / "training_summary.json").read_text())
     assert outcome.global_step == 2 and summary["rollout"] == "static-graph"
     assert len(summary["rollout_seconds"]) == 2 and len(summary["step_seconds"]) == 2

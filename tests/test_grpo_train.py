@@ -19,11 +19,13 @@ FAST = ["train.per_device_train_batch_size=8", "train.max_completion_length=8", 
 
 def test_training_writes_adapter_summary_metrics_and_checkpoints(tiny_model_dir, prepared_demo_dir, tmp_path, caplog):
     from components.grpo_train.core import train_grpo
+    from components.grpo_train.job import TrainingJob
 
     caplog.set_level("INFO")
     out = tmp_path / "train"
-    outcome = train_grpo("tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, show_progress=False,
-                         overrides=FAST + ["train.max_steps=2", "train.save_steps=1"], completion_sample_size=3)
+    outcome = train_grpo(TrainingJob.build("tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, show_progress=False,
+                                           overrides=FAST + ["train.max_steps=2", "train.save_steps=1"],
+                                           completion_sample_size=3))
     assert outcome.global_step == 2 and outcome.backend == "transformers" and outcome.resumed_from is None
     assert (out / "adapter" / "adapter_config.json").is_file()
     summary = json.loads((out / "adapter" / "training_summary.json").read_text())
@@ -145,10 +147,11 @@ def test_merged_weights_serve_what_base_plus_adapter_computes(warm_tiny_model_di
 
     from components.common.modeling import load_model
     from components.grpo_train.core import train_grpo
+    from components.grpo_train.job import TrainingJob
 
     out = tmp_path / "train"
-    outcome = train_grpo("tiny-cpu", prepared_demo_dir, out, model=warm_tiny_model_dir, merge=True, show_progress=False,
-                         overrides=FAST + ["train.max_steps=2", "train.save_steps=2"])
+    outcome = train_grpo(TrainingJob.build("tiny-cpu", prepared_demo_dir, out, model=warm_tiny_model_dir, merge=True,
+                                           show_progress=False, overrides=FAST + ["train.max_steps=2", "train.save_steps=2"]))
     assert outcome.merged_dir == str(out / "merged")
     merged = AutoModelForCausalLM.from_pretrained(outcome.merged_dir)  # plain weights: no PEFT needed to serve
     assert type(merged).__name__ == "Gemma3ForConditionalGeneration"

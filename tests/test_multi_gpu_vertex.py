@@ -1,5 +1,6 @@
-"""Several VMs: the rendezvous from CLUSTER_SPEC, the custom job the launcher submits (against the loopback
-Vertex stand-in), and the compiled pipeline's node-count switch."""
+"""Training as a Vertex custom job (one VM or several): the rendezvous from CLUSTER_SPEC, each replica's torchrun
+command, the custom job the launcher submits (against the loopback Vertex stand-in, at the request level), and
+the compiled pipeline's node-count switch."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ import pytest
 import yaml
 from fakes.vertex import FakeVertex, _Handler
 from google.auth.credentials import AnonymousCredentials
-from google.cloud.aiplatform_v1.types import AcceleratorType
+from google.cloud.aiplatform_v1.types import AcceleratorType, Scheduling
 
 from components.common.errors import UserError
-from components.grpo_train.launch import Rendezvous
+from components.common.secrets import looks_like_token
+from components.grpo_train.job import TrainingJob
+from components.grpo_train.launch import JOB_FILE, Rendezvous, run_torchrun
 from components.grpo_train.multinode import (
     MACHINE_TYPES,
     REPLICA_MODULE,
+    CustomJobSettings,
     fuse_path,
     job_display_name,
     machine_type_for,
+    main,
     rendezvous_from_cluster_spec,
-    replica_command,
+    replica_rendezvous,
     run_training_job,
 )
 
@@ -57,17 +62,118 @@ def test_bad_cluster_spec_is_one_clear_error(spec, message):
         rendezvous_from_cluster_spec(spec)
 
 
-def test_replica_command_splits_accumulation_over_every_gpu_of_every_node():
-    args = ["--recipe", "medgemma-4b", "--data-dir", "/gcs/b/data", "--output-dir", "/gcs/b/out", "--no-progress"]
-    args += ["--set", "train.gradient_accumulation_steps=64"]
-    command = replica_command(args, cluster_spec("workerpool1", 0, workers=1), gpus=8)
+def test_a_replica_without_cluster_spec_is_a_node_of_its_own():
+    """A custom job of one replica (one node, e.g. on Spot) trains with torchrun --standalone."""
+    assert replica_rendezvous(None) == Rendezvous()
+    assert replica_rendezvous(cluster_spec("workerpool0", 0, workers=0)) == Rendezvous(
+        nnodes=1, node_rank=0, master_addr="cmle-training-workerpool0-1-0", master_port=2222)
+
+
+def _replica_launch(monkeypatch, job_json: str, cluster: str | None, gpus: int, tensorboard: str | None = None):
+    """What the replica entry point hands torchrun: its command line and the job file's contents, captured at the
+    subprocess boundary (torch itself is not started)."""
+    import subprocess
+
+    launched: dict[str, Any] = {}
+
+    class Finished:
+        def __init__(self, command):
+            launched["command"] = command
+            launched["job"] = TrainingJob.read(command[command.index("--job") + 1])
+
+        def wait(self):
+            return 0
+
+    for name, value in (("CLUSTER_SPEC", cluster), ("AIP_TENSORBOARD_LOG_DIR", tensorboard)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(subprocess, "Popen", Finished)
+    monkeypatch.setattr("components.grpo_train.multinode.visible_gpu_count", lambda: gpus)
+    assert main(["--job-json", job_json]) == 0
+    return launched["command"], launched["job"]
+
+
+def test_replica_splits_accumulation_over_every_gpu_of_every_node(monkeypatch):
+    job = TrainingJob.build("medgemma-4b", "/gcs/b/data", "/gcs/b/out", overrides=["train.gradient_accumulation_steps=64"])
+    command, split = _replica_launch(monkeypatch, job.to_json(), cluster_spec("workerpool1", 0, workers=1), gpus=8,
+                                     tensorboard="gs://b/tb/logs")
     # 2 nodes x 8 GPUs = 16 processes: 64 accumulation steps become 4.
-    assert command[-2:] == ["--set", "train.ddp_find_unused_parameters=true"]
-    assert "train.gradient_accumulation_steps=4" in command
+    assert split.recipe.train["gradient_accumulation_steps"] == 4
+    assert split.recipe.train["ddp_find_unused_parameters"] is True
+    assert split.tensorboard_dir == "/gcs/b/tb/logs"  # where Vertex uploads the custom job's TensorBoard from
+    assert not split.show_progress
+    assert split.model_copy(update={"recipe": job.recipe, "tensorboard_dir": job.tensorboard_dir,
+                                    "show_progress": True}) == job
     for flag in ("--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=cmle-training-workerpool0-1-0",
                  "--master-port=2222"):
         assert flag in command
-    assert command[command.index("-m", 3) + 1:][: len(args) + 1] == ["components.grpo_train", *args]
+    assert command[command.index("-m", 3) + 1:-1] == ["components.grpo_train", "--job"]
+    assert command[-1].endswith(JOB_FILE)
+
+
+def test_one_replica_runs_torchrun_standalone_on_its_gpus(monkeypatch):
+    job = TrainingJob.build("medgemma-4b", "/gcs/b/data", "/gcs/b/out", overrides=["train.report_to=none"])
+    command, split = _replica_launch(monkeypatch, job.to_json(), None, gpus=4)
+    assert "--standalone" in command and "--nproc-per-node=4" in command
+    assert split.tensorboard_dir is None  # the recipe reports to no TensorBoard: none opened
+    assert split.recipe.train["gradient_accumulation_steps"] == job.recipe.train["gradient_accumulation_steps"] // 4
+
+
+def test_a_failed_rank_fails_the_replica(monkeypatch):
+    import subprocess
+
+    class Failed:
+        def __init__(self, command):
+            pass
+
+        def wait(self):
+            return 3
+
+    monkeypatch.setattr(subprocess, "Popen", Failed)
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        run_torchrun(["torchrun"])
+
+
+def test_a_bad_job_json_is_one_line(capsys):
+    assert main(["--job-json", "{}"]) == 2
+    err = capsys.readouterr().err
+    assert "--job-json: recipe: Field required" in err and err.count("\n") == 1
+
+
+def test_two_replicas_train_as_two_nodes_on_cpu(tiny_model_dir, prepared_demo_dir, tmp_path):
+    """Two replica entry points on this machine, as Vertex starts them (the job JSON in their arguments, their
+    place in CLUSTER_SPEC), meet through torchrun over gloo: node 0 writes the outputs, both write RNG state."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "tuned"
+    job = TrainingJob.build("tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, overrides=[
+        "train.max_steps=1", "train.save_steps=1", "train.per_device_train_batch_size=4",
+        "train.gradient_accumulation_steps=2", "train.report_to=none", "train.logging_steps=1"])
+    cluster = {"workerpool0": [f"127.0.0.1:{port}"], "workerpool1": ["127.0.0.1:0"]}
+    replicas = [
+        subprocess.Popen([sys.executable, "-m", REPLICA_MODULE, "--job-json", job.to_json()],
+                         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "CLUSTER_SPEC": json.dumps(
+                             {"cluster": cluster, "task": {"type": pool, "index": 0}})})
+        for pool in ("workerpool0", "workerpool1")
+    ]
+    logs = [replica.communicate(timeout=600)[0] for replica in replicas]
+    assert [replica.returncode for replica in replicas] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    summary = json.loads((out / "adapter" / "training_summary.json").read_text())
+    assert summary["global_step"] == 1
+    assert summary["recipe_settings"]["train"]["gradient_accumulation_steps"] == 1  # split over the 2 nodes
+    checkpoint = out / "checkpoints" / "checkpoint-1"
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints"]
 
 
 def test_machine_type_from_accelerator_or_as_given():
@@ -110,6 +216,8 @@ class _CustomJobHandler(_Handler):
             job = self.jobs[match["job"]]
             job["state"] = "JOB_STATE_SUCCEEDED"
             return 200, job
+        if method == "GET" and re.fullmatch(location + r"/tensorboards/[^/]+/experiments/[^/]+/runs", path):
+            return 200, {}  # the SDK looks up the job's TensorBoard runs while it waits
         return super()._route(method, path, query, body)
 
 
@@ -117,53 +225,88 @@ class FakeVertexWithCustomJobs(FakeVertex):
     def __init__(self) -> None:
         super().__init__(_CustomJobHandler, jobs={})
 
-def test_launcher_submits_a_custom_job_with_two_worker_pools():
+JOB = dict(overrides=["train.gradient_accumulation_steps=16"], merge=True, hf_token_secret="projects/p/secrets/hf-token")
+SETTINGS = dict(image=TRAINER_IMAGE, accelerator_type="NVIDIA_H100_80GB", project=PROJECT, location=LOCATION)
+VERTEX_SETTINGS = dict(
+    service_account="trainer@p.iam.gserviceaccount.com", network="projects/123/global/networks/train-vpc",
+    encryption_key="projects/p/locations/us-central1/keyRings/ring/cryptoKeys/key",
+    tensorboard=f"projects/{PROJECT}/locations/{LOCATION}/tensorboards/77", spot=True,
+)
+
+
+def _submit(job: TrainingJob, **settings) -> tuple[str, dict[str, Any]]:
+    """Run the launcher against the stand-in; the job's resource name and the one create request's body."""
     with FakeVertexWithCustomJobs() as vertex:
-        name = run_training_job(
-            "medgemma-4b", "/gcs/bucket/run/prepare/prepared_data", "/gcs/bucket/run/train/tuned_model",
-            nodes=4, image=TRAINER_IMAGE, accelerator_type="NVIDIA_H100_80GB", accelerator_count=4,
-            project=PROJECT, location=LOCATION, overrides=["train.gradient_accumulation_steps=16"], merge=True,
-            hf_token_secret="projects/p/secrets/hf-token", display_name="grpo-train-run-1",
-            service_account="trainer@p.iam.gserviceaccount.com",
-            api_endpoint=vertex.endpoint, credentials=AnonymousCredentials(),
-        )
+        name = run_training_job(job, CustomJobSettings(display_name="grpo-train-run-1", **SETTINGS, **settings),
+                                api_endpoint=vertex.endpoint, credentials=AnonymousCredentials())
         created = vertex.requests_to("POST", r"/customJobs$")
-    assert name == f"projects/{PROJECT}/locations/{LOCATION}/customJobs/1"
     assert len(created) == 1
-    body = created[0].body
+    return name, created[0].body
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_launcher_submits_a_custom_job_with_every_vertex_setting(nodes):
+    """CMEK, network, service account, TensorBoard and Spot reach the request, and the job itself travels in the
+    replicas' arguments; one node gets one worker pool (a one-VM run on Spot), several get a second."""
+    job = TrainingJob.build("medgemma-4b", "/gcs/bucket/run/prepare/prepared_data", "gs://bucket/run/train/tuned_model",
+                            **JOB)
+    name, body = _submit(job, nodes=nodes, accelerator_count=4, **VERTEX_SETTINGS)
+    assert name == f"projects/{PROJECT}/locations/{LOCATION}/customJobs/1"
     assert body["displayName"] == "grpo-train-run-1"
+    assert body["encryptionSpec"] == {"kmsKeyName": VERTEX_SETTINGS["encryption_key"]}
     spec = body["jobSpec"]
-    assert spec["serviceAccount"] == "trainer@p.iam.gserviceaccount.com"
+    assert spec["serviceAccount"] == VERTEX_SETTINGS["service_account"]
+    assert spec["network"] == VERTEX_SETTINGS["network"]
+    assert spec["tensorboard"] == VERTEX_SETTINGS["tensorboard"]
+    assert Scheduling.Strategy(spec["scheduling"]["strategy"]) == Scheduling.Strategy.SPOT  # REST sends the number
     assert spec["baseOutputDirectory"]["outputUriPrefix"] == "gs://bucket/run/train/tuned_model/custom_job"
-    primary, workers = spec["workerPoolSpecs"]
-    assert (primary["replicaCount"], workers["replicaCount"]) == ("1", "3")  # int64 travels as a JSON string
-    for pool in (primary, workers):
+    pools = spec["workerPoolSpecs"]
+    assert [pool["replicaCount"] for pool in pools] == ["1", "3"][:min(nodes, 2)]  # int64 travels as a JSON string
+    for pool in pools:
         machine = pool["machineSpec"]
         assert (machine["machineType"], machine["acceleratorCount"]) == ("a3-highgpu-4g", 4)
         assert AcceleratorType(machine["acceleratorType"]).name == "NVIDIA_H100_80GB"  # REST sends the enum number
         container = pool["containerSpec"]
         assert container["imageUri"] == TRAINER_IMAGE
         assert container["command"] == ["python", "-m", REPLICA_MODULE]
-        assert container["args"] == [
-            "--recipe", "medgemma-4b", "--data-dir", "/gcs/bucket/run/prepare/prepared_data",
-            "--output-dir", "/gcs/bucket/run/train/tuned_model", "--no-progress",
-            "--set", "train.gradient_accumulation_steps=16",
-            "--merge", "--hf-token-secret", "projects/p/secrets/hf-token",
-        ]
-    assert "hf_" not in json.dumps(body).replace("hf-token", "")  # a secret's name travels, never a token
+        assert container["args"][0] == "--job-json" and len(container["args"]) == 2
+        # The job as the task built it, with every folder as the replicas see it (Cloud Storage FUSE).
+        sent = TrainingJob.from_json(container["args"][1])
+        assert (sent.data_dir, sent.output_dir) == ("/gcs/bucket/run/prepare/prepared_data",
+                                                    "/gcs/bucket/run/train/tuned_model")
+        assert sent.tensorboard_dir == "/gcs/bucket/run/train/tuned_model/tensorboard"
+        assert sent.model_copy(update={"output_dir": job.output_dir}) == job
+        assert sent.merge and sent.recipe.train["gradient_accumulation_steps"] == 16  # replicas split it
+    assert not looks_like_token(json.dumps(body))  # a secret's name travels, never a token
 
 
-def test_launcher_fails_before_reserving_gpus_when_the_batch_cannot_split():
-    with pytest.raises(UserError, match=r"not divisible by the 24 training processes"):
-        run_training_job("medgemma-4b", "gs://b/data", "gs://b/out", nodes=3, image=TRAINER_IMAGE,
-                         accelerator_type="NVIDIA_H100_80GB", accelerator_count=8, project=PROJECT,
-                         location=LOCATION, overrides=["train.gradient_accumulation_steps=16"])  # over 3 x 8 GPUs
-    with pytest.raises(UserError, match="train_nodes must be at least 2"):
-        run_training_job("medgemma-4b", "gs://b/data", "gs://b/out", nodes=1, image=TRAINER_IMAGE,
-                         accelerator_type="NVIDIA_H100_80GB", accelerator_count=8, project=PROJECT, location=LOCATION)
+def test_launcher_leaves_unset_vertex_settings_to_vertex():
+    job = TrainingJob.build("medgemma-4b", "gs://b/data", "gs://b/out", overrides=["train.gradient_accumulation_steps=16"])
+    _, body = _submit(job, nodes=2, accelerator_count=8)
+    assert "encryptionSpec" not in body
+    for field in ("network", "tensorboard", "scheduling", "serviceAccount"):
+        assert field not in body["jobSpec"], field
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (dict(nodes=3, accelerator_count=8), r"not divisible by the 24 training processes"),  # 16 over 3 x 8 GPUs
+    (dict(nodes=0, accelerator_count=8), "train_nodes must be at least 1"),
+    (dict(nodes=1, accelerator_count=0), "train_accelerator_count must be at least 1"),
+    (dict(nodes=1, accelerator_count=8, tensorboard=VERTEX_SETTINGS["tensorboard"]), "tensorboard needs service_account"),
+    (dict(nodes=1, accelerator_count=8, network="train-vpc"), "network must look like projects/"),
+    (dict(nodes=1, accelerator_count=8, encryption_key="key"), "encryption_key must look like projects/"),
+    (dict(nodes=1, accelerator_count=8, tensorboard="tb", service_account="a@b"), "tensorboard must look like"),
+])
+def test_launcher_fails_before_reserving_gpus_on_settings_that_cannot_work(settings, message):
+    job = TrainingJob.build("medgemma-4b", "gs://b/data", "gs://b/out", overrides=["train.gradient_accumulation_steps=16"])
+    with pytest.raises(UserError, match=message):
+        run_training_job(job, CustomJobSettings(**SETTINGS, **settings))
+
+
+def test_launcher_needs_cloud_storage_folders():
+    job = TrainingJob.build("medgemma-4b", "gs://b/data", "/tmp/out", overrides=["train.gradient_accumulation_steps=16"])
     with pytest.raises(UserError, match="tuned model output must be in Cloud Storage"):
-        run_training_job("medgemma-4b", "gs://b/data", "/tmp/out", nodes=2, image=TRAINER_IMAGE,
-                         accelerator_type="NVIDIA_H100_80GB", accelerator_count=8, project=PROJECT, location=LOCATION)
+        run_training_job(job, CustomJobSettings(nodes=2, accelerator_count=8, **SETTINGS))
 
 
 # ------------------------------------------------------------------ the compiled pipeline
@@ -265,3 +408,15 @@ def test_launcher_imports_without_the_torch_stack():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "a3-highgpu-8g"
+
+
+def test_custom_job_component_takes_the_vertex_settings_the_pipeline_wires():
+    """The names the pipeline passes: Spot and every Vertex setting, off or empty (Vertex's default) unless given."""
+    import inspect
+
+    from components.grpo_train.component import grpo_train_multinode_component
+
+    parameters = inspect.signature(grpo_train_multinode_component).parameters
+    expected = {"spot": False, "encryption_key": "", "network": "", "tensorboard": "", "service_account": ""}
+    assert {name: parameters[name].default for name in expected} == expected
+    assert parameters["spot"].annotation in (bool, "bool")

@@ -124,7 +124,7 @@ def test_liger_kernels_run_on_gpus_only(tmp_path, monkeypatch):
 
     recipe = load_recipe("medgemma-4b")
     assert recipe.train["use_liger_kernel"]
-    config, _ = core._grpo_config(recipe, tmp_path, "transformers", [1.0], "cpu")
+    config = core._grpo_config(recipe, tmp_path, "transformers", [1.0], "cpu")
     assert config.use_liger_kernel is False  # Triton kernels: dropped on CPU, the unfused math runs instead
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else find_spec(name, *a))

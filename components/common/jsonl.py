@@ -3,29 +3,73 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from components.common.errors import UserError
 
+# (line number, reason code, detail, the line's text) -> the row that stands for the bad line
+BadLineHandler = Callable[[int, str, str, str], dict[str, Any]]
 
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+
+class _BadLine(NamedTuple):
+    reason: str
+    detail: str
+
+
+def iter_jsonl(path: str | Path, *, on_bad_line: BadLineHandler | None = None) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON Lines file; blank lines are skipped and a leading byte-order mark is ignored.
+
+    A line that is not UTF-8, not JSON or not an object is a one-line error naming the file and line, unless
+    ``on_bad_line(line_number, reason, detail, text)`` is given: its return value then takes the line's place
+    (``text``: the line with undecodable bytes written as ``\\xNN``).
+    """
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}: line {line_number} is not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {line_number} is not a JSON object")
-            yield row
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                bad = _BadLine("not_utf8", f"is not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})")
+            else:
+                bad = None
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    bad = _BadLine("invalid_json", f"is not valid JSON ({err.msg})")
+                else:
+                    if not isinstance(row, dict):
+                        bad = _BadLine("not_an_object", f"is not a JSON object (it is {json_kind(row)})")
+            if bad is None:
+                yield row
+            elif on_bad_line is None:
+                raise UserError(f"{path}: line {line_number} {bad.detail}")
+            else:
+                text = raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+                yield on_bad_line(line_number, bad.reason, bad.detail, text)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    return list(iter_jsonl(path))
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in words, for error messages that must not show the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def read_jsonl(path: str | Path, *, on_bad_line: BadLineHandler | None = None) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path, on_bad_line=on_bad_line))
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

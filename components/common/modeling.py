@@ -168,3 +168,37 @@ def prefer_expandable_segments() -> None:
         return
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     log.info("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (set PYTORCH_CUDA_ALLOC_CONF to choose otherwise)")
+
+
+# transformers 5 saves Gemma 3's SigLIP tower flattened ("vision_tower.encoder..."); the hub checkpoints, vLLM's
+# Gemma 3 loader and Model Garden's vLLM container expect it under "vision_tower.vision_model.".
+_VISION_TOWER = "vision_tower."
+_HUB_VISION_TOWER = "vision_tower.vision_model."
+
+
+def hub_weight_name(name: str) -> str:
+    """A saved weight's name in the hub's Gemma 3 layout (only the vision tower's names differ)."""
+    if name.startswith(_VISION_TOWER) and not name.startswith(_HUB_VISION_TOWER):
+        return _HUB_VISION_TOWER + name[len(_VISION_TOWER):]
+    return name
+
+
+def save_for_serving(model, processor, folder: str | Path) -> Path:
+    """Weights + processor in the hub's layout, loadable by transformers, vLLM and Model Garden's vLLM container."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(str(shard))
+        if any(hub_weight_name(name) != name for name in tensors):
+            save_file({hub_weight_name(name): t for name, t in tensors.items()}, str(shard), metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        layout = json.loads(index.read_text())
+        layout["weight_map"] = {hub_weight_name(name): shard for name, shard in layout["weight_map"].items()}
+        index.write_text(json.dumps(layout, indent=2))
+    return folder

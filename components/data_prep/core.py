@@ -21,16 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import UserError, choices_error
-from components.common.jsonl import write_json, write_jsonl
+from components.common.jsonl import json_kind, write_json, write_jsonl
 from components.common.prompts import NOTEBOOK_PROMPT_TEMPLATE, render_prompt, validate_template
-from components.data_prep.sources import DEFAULT_HF_DATASET, SPLITS, RawSplits, load_source
+from components.data_prep.sources import DEFAULT_HF_DATASET, SPLITS, RawSplits, UnreadableRow, load_source
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "hf", "medqa")
 OUTPUT_SPLITS = ("train", "validation", "test")
-# Machine-readable reasons in rejected.jsonl, in the order the checks run (a row gets the first that applies).
+# Machine-readable reasons in rejected.jsonl. A row gets the first that applies: reading, then its fields in
+# order (question, options, answer, id), then duplicates, leakage and the token budget. Each rejection also has
+# a one-line ``detail`` for people, naming the file, line or field (never the question's text).
 REJECT_REASONS = (
+    # the row could not be read from its file (components/data_prep/sources.py)
+    "not_utf8",
+    "invalid_json",
+    "not_an_object",
+    "wrong_cell_count",
+    # a field holds a list, an object, a number or a boolean where text (or a letter) is expected
+    "wrong_type",
     "missing_question",
     "missing_option",
     "bad_option_letters",
@@ -97,7 +106,7 @@ def detect_layout(splits: RawSplits, layout: str = "auto") -> str:
     """
     if layout not in LAYOUTS:
         raise choices_error("layout", layout, LAYOUTS)
-    sample = [row for split in SPLITS for row in splits[split][:50]]
+    sample = [row for split in SPLITS for row in _readable(splits[split])[:50]]
     fields = ", ".join(sorted({key for row in sample for key in row})) or "none"
     looks_hf = any(isinstance(_as_mapping(row.get("data")), dict) for row in sample)
     looks_medqa = any("question" in row and "options" in row for row in sample)
@@ -120,6 +129,10 @@ def detect_layout(splits: RawSplits, layout: str = "auto") -> str:
     raise UserError(f"unknown data layout: fields found: {fields}; {expected}")
 
 
+def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for row in rows if not isinstance(row, UnreadableRow)]
+
+
 def _as_mapping(value: Any) -> Any:
     """Nested objects may arrive as JSON text (CSV cells)."""
     if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
@@ -134,7 +147,7 @@ def _fields(row: dict[str, Any], layout: str) -> dict[str, Any]:
     """The layout-independent fields of one raw row."""
     if layout == "hf":
         data = _as_mapping(row.get("data"))
-        data = data if isinstance(data, dict) else {}
+        data = data if isinstance(data, dict) else {}  # parse_row tells a missing from a wrong-typed data field
         return {
             "question": data.get("Question"),
             "options": data.get("Options"),
@@ -201,24 +214,52 @@ def _same_text(a: str, b: str) -> bool:
 
 
 def row_id(split: str, index: int, row: dict[str, Any], layout: str) -> str:
-    """The row's own id; MedQA's ``realidx`` is unique only within a split, so it gets the split as prefix."""
+    """The row's own id; MedQA's ``realidx`` is unique only within a split, so it gets the split as prefix.
+
+    A row without a usable id (none, or not text or an integer) is named by its split and position.
+    """
     source_id = _fields(row, layout)["source_id"]
-    if source_id is None or str(source_id).strip() == "":
+    if not _is_id(source_id) or str(source_id).strip() == "":
         return f"{split}-{index}"
     if layout == "medqa" and "id" not in row:
         return f"{split}-{source_id}"
     return str(source_id)
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_blank(value: Any) -> bool:
+    """Empty text, or the NaN a columnar file holds for a missing number."""
+    return (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value))
+
+
 def parse_row(split: str, index: int, row: dict[str, Any], layout: str, letters: Sequence[str]) -> Question:
     """A usable question, or ``_Rejected`` with the first reason that applies."""
+    if isinstance(row, UnreadableRow):
+        raise _Rejected(row.reason, row.detail)
+    if layout == "hf" and row.get("data") is not None and not isinstance(_as_mapping(row["data"]), dict):
+        raise _Rejected("wrong_type", f"data is {json_kind(_as_mapping(row['data']))}, expected an object")
     fields = _fields(row, layout)
     question_id = row_id(split, index, row, layout)
     question = fields["question"]
-    if not isinstance(question, str) or not question.strip():
-        raise _Rejected("missing_question", "question is empty" if isinstance(question, str) else "no question field")
+    if question is None:
+        absent = "question" if layout == "medqa" or row.get("data") is not None else "data"
+        raise _Rejected("missing_question", f"no {absent} field")
+    if not isinstance(question, str):
+        raise _Rejected("wrong_type", f"question is {json_kind(question)}, expected text")
+    if not question.strip():
+        raise _Rejected("missing_question", "question is empty")
 
-    options = _option_mapping(fields["options"])
+    raw_options = _as_mapping(fields["options"])
+    if raw_options is not None and not isinstance(raw_options, (dict, list)):
+        raise _Rejected("wrong_type", f"options is {json_kind(raw_options)}, expected letter: text pairs or a list")
+    options = _option_mapping(raw_options)
     if options is None:
         raise _Rejected("missing_option", "no options")
     # Keys outside the expected letters that hold None are columnar padding, not options.
@@ -234,19 +275,28 @@ def parse_row(split: str, index: int, row: dict[str, Any], layout: str, letters:
     texts = {}
     for letter in letters:
         value = options[letter]
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        if value is None or _is_blank(value):
             raise _Rejected("missing_option", f"option {letter} is empty")
+        if not isinstance(value, str) and not _is_number(value):
+            raise _Rejected("wrong_type", f"option {letter} is {json_kind(value)}, expected text")
         texts[letter] = str(value)
 
     answer = fields["answer"]
+    if answer is not None and not isinstance(answer, str):
+        raise _Rejected("wrong_type", f"answer letter is {json_kind(answer)}, expected one of {', '.join(letters)}")
     answer = answer.strip() if isinstance(answer, str) else answer
     if answer not in texts:
         shown = "missing" if answer in (None, "") else f"{answer!r}"
         raise _Rejected("answer_not_in_options", f"answer letter {shown} is not one of {', '.join(letters)}")
     answer_text = fields["answer_text"]
-    if isinstance(answer_text, (str, int, float)) and str(answer_text).strip():
+    if answer_text is not None and not isinstance(answer_text, str) and not _is_number(answer_text):
+        raise _Rejected("wrong_type", f"answer text is {json_kind(answer_text)}, expected text")
+    if answer_text is not None and not _is_blank(answer_text):
         if not _same_text(str(answer_text), texts[answer]):
             raise _Rejected("answer_text_mismatch", f"answer text differs from option {answer}")
+    source_id = fields["source_id"]
+    if source_id is not None and not _is_id(source_id):
+        raise _Rejected("wrong_type", f"id is {json_kind(source_id)}, expected text or an integer")
 
     meta: dict[str, Any] = {"source_split": split, "source_row": index}
     if fields["meta_info"] not in (None, ""):
@@ -488,6 +538,7 @@ def prepare_medqa(
     outputs = {"train": train, "validation": validation, "test": usable["test"]}
 
     rejections = quarantine.sorted()
+    _check_every_row_is_accounted_for(raw, outputs, dev_unused, rejections)
     stats = _stats(
         source,
         layout,
@@ -513,6 +564,17 @@ def prepare_medqa(
         write_jsonl(output_dir / f"{split}.jsonl", (_output_row(q) for q in questions))
     logger.info("wrote %s", stats["output_rows"])
     return stats
+
+
+def _check_every_row_is_accounted_for(
+    raw: RawSplits, outputs: dict[str, list[Question]], dev_unused: list[Question], rejections: list[Rejection]
+) -> None:
+    """Each input row is written once: kept in an output (or among the unused dev rows) or quarantined."""
+    kept = {"train": outputs["train"], "dev": outputs["validation"] + dev_unused, "test": outputs["test"]}
+    for split in SPLITS:
+        rows = sorted([q.row for q in kept[split]] + [r.row for r in rejections if r.split == split])
+        if rows != list(range(len(raw[split]))):
+            raise RuntimeError(f"data prep lost or repeated rows of split {split!r}: a bug, please report it")
 
 
 def _fail_on_unusable_output(stats: dict[str, Any], raw: RawSplits, max_reject_rate: float, output_dir: Path) -> None:

@@ -1,11 +1,15 @@
 """Reading the raw MedQA splits from a Hugging Face dataset id, a local folder or a ``gs://`` prefix.
 
 Every source ends up as ``{"train": [row, ...], "dev": [...], "test": [...]}`` of plain dicts, rows in file order.
+A row that cannot be read (a JSON Lines line that is not UTF-8, not JSON or not an object; a CSV line with the
+wrong number of cells) keeps its place as an ``UnreadableRow``, which data prep quarantines; a file that cannot
+be read at all (CSV or JSON with bytes that are not UTF-8, a broken parquet file) is a one-line error.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import UserError
-from components.common.jsonl import read_jsonl
+from components.common.jsonl import json_kind, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +32,15 @@ SPLIT_FILE_STEMS = {"train": ("train",), "dev": ("dev", "validation"), "test": (
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 RawSplits = dict[str, list[dict[str, Any]]]
+_BOM = b"\xef\xbb\xbf"
+
+
+class UnreadableRow(dict):
+    """Stands for a row that could not be read, in its place; its items are what was there (for rejected.jsonl)."""
+
+    def __init__(self, reason: str, detail: str, **content: Any):
+        super().__init__(content)
+        self.reason, self.detail = reason, detail
 
 
 def load_source(source: str, *, hf_token: Callable[[], str | None] = lambda: None) -> RawSplits:
@@ -118,45 +131,104 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return read_jsonl(path)
+        return _read_jsonl(path)
     if suffix == ".json":
         return _read_json(path)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq  # heavy; only parquet sources need it
+        import pyarrow as pa  # heavy; only parquet sources need it
+        import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise UserError(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from None
     if suffix == ".csv":
         return _read_csv(path)
     raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_EXTENSIONS)}")
 
 
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    def unreadable(line_number: int, reason: str, detail: str, text: str) -> UnreadableRow:
+        return UnreadableRow(reason, f"{path.name}: line {line_number} {detail}", line=line_number, text=text)
+
+    return read_jsonl(path, on_bad_line=unreadable)
+
+
+def _decode_whole_file(path: Path, data: bytes) -> str:
+    """UTF-8 text of a file that is parsed as a whole (byte-order mark dropped), or a one-line error."""
+    body = data[len(_BOM) :] if data.startswith(_BOM) else data
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = err.start + len(data) - len(body)
+        line = data.count(b"\n", 0, offset) + 1
+        raise UserError(
+            f"{path}: byte offset {offset} (line {line}) is not UTF-8 (byte 0x{data[offset]:02x}); "
+            "save the file as UTF-8"
+        ) from None
+
+
 def _read_json(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = _decode_whole_file(path, data)
+    except UserError:
+        # Many ".json" dataset files are really JSON Lines, where one bad line is quarantined, not fatal.
+        if _is_json_lines(data):
+            return _read_jsonl(path)
+        raise
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError:
-        # Many ".json" dataset files are really JSON Lines.
-        return read_jsonl(path)
+        return _read_jsonl(path)
     if isinstance(loaded, dict) and len(loaded) == 1 and isinstance(next(iter(loaded.values())), list):
         loaded = next(iter(loaded.values()))  # {"data": [...]} wrappers
-    if not isinstance(loaded, list) or not all(isinstance(row, dict) for row in loaded):
-        raise UserError(f"{path}: expected a JSON array of objects (or JSON Lines)")
-    return loaded
+    if not isinstance(loaded, list):
+        raise UserError(f"{path}: expected a JSON array of objects (or JSON Lines), found {json_kind(loaded)}")
+    return [
+        row if isinstance(row, dict) else UnreadableRow(
+            "not_an_object", f"{path.name}: item {index} is not a JSON object (it is {json_kind(row)})", item=row
+        )
+        for index, row in enumerate(loaded)
+    ]
+
+
+def _is_json_lines(data: bytes) -> bool:
+    """More than one line, the first of which is a whole JSON object."""
+    first, _, rest = data.removeprefix(_BOM).partition(b"\n")
+    try:
+        return bool(rest.strip()) and isinstance(json.loads(first), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     """CSV cannot nest, so ``options.A`` / ``data.Question`` columns are folded back into dicts."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = []
-        for flat in csv.DictReader(handle):
-            row: dict[str, Any] = {}
-            for column, value in flat.items():
-                if column is None:
-                    raise UserError(f"{path}: line {len(rows) + 2} has more cells than the header")
-                target = row
-                *parents, leaf = column.split(".")
-                for parent in parents:
-                    target = target.setdefault(parent, {})
-                target[leaf] = value
-            rows.append(row)
+    reader = csv.reader(io.StringIO(_decode_whole_file(path, path.read_bytes()), newline=""))
+    header = next(reader, None)
+    if not header:
+        raise UserError(f"{path}: no header line")
+    columns = [column.split(".") for column in header]
+    for column, parts in zip(header, columns, strict=True):
+        parent = next((".".join(parts[:n]) for n in range(1, len(parts)) if ".".join(parts[:n]) in header), None)
+        if parent is not None:
+            raise UserError(f"{path}: column {column!r} cannot sit inside column {parent!r}; rename one of them")
+    if len(set(header)) < len(header):
+        repeated = sorted({column for column in header if header.count(column) > 1})
+        raise UserError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
+    rows: list[dict[str, Any]] = []
+    for cells in reader:
+        if not cells:
+            continue  # a blank line
+        if len(cells) != len(header):
+            detail = f"{path.name}: line {reader.line_num} has {len(cells)} cells, the header {len(header)}"
+            rows.append(UnreadableRow("wrong_cell_count", detail, line=reader.line_num, cells=cells))
+            continue
+        row: dict[str, Any] = {}
+        for (*parents, leaf), value in zip(columns, cells, strict=True):
+            target = row
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = value
+        rows.append(row)
     return rows

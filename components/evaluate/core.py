@@ -128,15 +128,16 @@ def evaluate_model(
     backend = choose_generation_backend(settings.backend, setting="evaluation.backend")
     log.info("evaluating %d questions x %d samples with backend %s (requested %s)", len(rows), settings.samples_per_question, backend, settings.backend)
 
+    tokenizer = load_processor(model).tokenizer
+    prompts = [_prompt_ids(tokenizer, row["prompt"]) for row in rows]
+    log.info("tokenized %d prompts (longest %d tokens)", len(prompts), max(map(len, prompts)))
     started = time.perf_counter()
     if backend == "vllm":
-        from components.evaluate.vllm_backend import generate_with_vllm
-
-        completions, decoding = generate_with_vllm(model, adapter, rows, spec)
+        completions, decoding = _generate_with_vllm(model, adapter, prompts, tokenizer, spec)
     else:
         if default_device() == "cuda":
             prefer_expandable_segments()
-        completions, decoding = _generate_with_transformers(model, adapter, rows, spec)
+        completions, decoding = _generate_with_transformers(model, adapter, prompts, tokenizer, spec)
     generation_s = time.perf_counter() - started
 
     predictions = []
@@ -199,12 +200,22 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
-def _generate_with_transformers(model_id, adapter, rows, spec) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
+def _generate_with_vllm(model_id, adapter, prompts, tokenizer, spec) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
+    from components.evaluate.vllm_backend import generate_with_vllm
+
+    samples, top_k = generate_with_vllm(model_id, adapter, prompts, spec)
+    completions = [
+        [{"completion": text.strip(), "truncated": r["truncated"], "tokens": len(r["token_ids"])}
+         for text, r in zip(tokenizer.batch_decode([r["token_ids"] for r in sample], skip_special_tokens=True), sample)]
+        for sample in samples
+    ]
+    return completions, _decoding_settings(spec, top_k)
+
+
+def _generate_with_transformers(model_id, adapter, prompts, tokenizer, spec) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     from components.common.generation import SamplingSettings, generate_completions
 
     e = spec.evaluation
-    processor = load_processor(model_id)
-    tokenizer = processor.tokenizer
     model = load_model(model_id, dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation, adapter=adapter)
     if e.liger_kernels and model.device.type == "cuda":
         apply_liger_kernels(model)
@@ -213,8 +224,6 @@ def _generate_with_transformers(model_id, adapter, rows, spec) -> tuple[list[lis
     settings = SamplingSettings(
         do_sample=e.do_sample, temperature=e.temperature, top_p=e.top_p, top_k=top_k, max_new_tokens=e.max_new_tokens
     )
-    prompts = [_prompt_ids(tokenizer, row["prompt"]) for row in rows]
-    log.info("tokenized %d prompts (longest %d tokens)", len(prompts), max(map(len, prompts)))
     eos_ids = _eos_ids(model, tokenizer)
     samples = []
     for k in range(e.samples_per_question):

@@ -22,16 +22,20 @@ def grpo_train_component(
     strings. ``hf_token_secret``: a Secret Manager resource name, never a token.
     """
     import logging
+    import os
 
+    from components.grpo_train.job import TrainingJob
     from components.grpo_train.launch import record_outcome, train_on_this_machine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Every GPU the task was given: torchrun with one process per GPU when there are several.
-    outcome = train_on_this_machine(
-        recipe, prepared_data.path, tuned_model.path, model=model_id or None, overrides=list(overrides),
+    job = TrainingJob.build(
+        recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
         merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
+        tensorboard_dir=os.environ.get("AIP_TENSORBOARD_LOG_DIR", ""),  # Vertex's, when the run has a TensorBoard
     )
-    record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
+    # Every GPU the task was given: torchrun with one process per GPU when there are several.
+    outcome = train_on_this_machine(job)
+    record_outcome(tuned_model, training_metrics, outcome, job)
     return tuned_model.uri
 
 
@@ -55,30 +59,43 @@ def grpo_train_multinode_component(
     project: str = "{{$.pipeline_google_cloud_project_id}}",
     location: str = "{{$.pipeline_google_cloud_location}}",
     api_endpoint: str = "",
+    spot: bool = False,
+    encryption_key: str = "",
+    network: str = "",
+    tensorboard: str = "",
 ) -> str:
-    """GRPO + LoRA training as a Vertex AI custom job over ``nodes`` VMs of ``accelerator_count`` GPUs each;
-    same outputs as the one-VM step (and returns ``tuned_model``'s URI). This task (no GPU) submits the job, waits, and records the result.
+    """GRPO + LoRA training as a Vertex AI custom job over ``nodes`` VMs (one or more) of ``accelerator_count``
+    GPUs each; same outputs as the one-VM step (and returns ``tuned_model``'s URI). This task (no GPU) submits the
+    job, waits, and records the result.
 
     The replicas run ``trainer_image`` and meet through Vertex's CLUSTER_SPEC; they read ``prepared_data`` and
     write ``tuned_model`` through Cloud Storage FUSE, so a retried task's job resumes from the newest complete
-    checkpoint. ``machine_type``: empty picks the VM that carries that many GPUs of that type.
-    ``project``/``location``: Vertex fills in the pipeline's own.
+    checkpoint. That resume is what makes ``spot`` (Spot VMs, Vertex's SPOT scheduling strategy) safe, on one
+    node as on several: a pipeline task itself cannot run on Spot, a custom job can. ``machine_type``: empty
+    picks the VM that carries that many GPUs of that type. ``encryption_key`` (CMEK), ``network``,
+    ``service_account`` and ``tensorboard`` (a TensorBoard instance's resource name; needs ``service_account``)
+    go to the custom job; empty leaves Vertex's default. ``project``/``location``: Vertex fills in the
+    pipeline's own.
     """
     import logging
 
+    from components.grpo_train.job import TrainingJob
     from components.grpo_train.launch import record_outcome
-    from components.grpo_train.multinode import job_display_name, train_on_nodes
+    from components.grpo_train.multinode import CustomJobSettings, job_display_name, train_on_nodes
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    outcome = train_on_nodes(
-        recipe, prepared_data.path, tuned_model.path, nodes=nodes, image=trainer_image,
-        accelerator_type=accelerator_type, accelerator_count=accelerator_count, machine_type=machine_type,
-        project=project, location=location, model=model_id or None, overrides=list(overrides),
+    job = TrainingJob.build(
+        recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
         merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
-        display_name=job_display_name(pipeline_run), service_account=service_account or None,
-        api_endpoint=api_endpoint or None,
     )
-    record_outcome(tuned_model, training_metrics, outcome, base_model=model_id, recipe=recipe)
+    settings = CustomJobSettings(
+        nodes=nodes, image=trainer_image, accelerator_type=accelerator_type, accelerator_count=accelerator_count,
+        machine_type=machine_type, project=project, location=location, display_name=job_display_name(pipeline_run),
+        service_account=service_account, network=network, encryption_key=encryption_key, tensorboard=tensorboard,
+        spot=spot,
+    )
+    outcome = train_on_nodes(job, settings, api_endpoint=api_endpoint or None)
+    record_outcome(tuned_model, training_metrics, outcome, job)
     return tuned_model.uri
 
 

@@ -1,14 +1,15 @@
 """GRPO + LoRA training on prepared MedQA rows: the notebook's recipe on current TRL, resumable.
 
-Reads top to bottom: recipe -> data -> backend -> model -> trainer -> resume -> train -> outputs.
+Reads top to bottom: job (``TrainingJob``: recipe and settings) -> data -> backend -> model -> trainer -> resume
+-> train -> outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from typing import Any
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import read_jsonl, write_json
 from components.common.modeling import prefer_expandable_segments, require_liger_kernels
-from components.common.recipes import Recipe, load_recipe
+from components.common.recipes import Recipe
+from components.common.vllm_engine import text_only_in_trl
 from components.grpo_train.checkpoints import latest_complete_checkpoint, make_checkpoint_callbacks
+from components.grpo_train.job import ROLLOUTS, TrainingJob
 from components.grpo_train.rewards import REWARDS
 
 log = logging.getLogger(__name__)
@@ -87,11 +90,11 @@ def _grpo_config(recipe: Recipe, checkpoint_dir: Path, backend: str, reward_weig
         use_vllm=backend == "vllm",
         reward_weights=reward_weights,
         log_completions=False,  # TRL would print completions (medical text) to the console
-        # TensorBoard is attached by the step with an explicit folder (see _callbacks).
+        # TensorBoard is attached by the step with the job's folder (see _callbacks).
         report_to=[r for r in report_to if r not in ("tensorboard", "none")] or "none",
         disable_tqdm=True,
         **args,
-    ), "tensorboard" in report_to
+    )
 
 
 def _reward_functions(recipe: Recipe, sample_path: Path | None, sample_size: int):
@@ -165,13 +168,14 @@ def _callbacks(checkpoint_dir: Path, tensorboard_dir: Path | None, max_steps: in
                 self.bar.close()
 
     callbacks.append(RewardProgress())
-    step_timer = _step_timer()
+    step_timer = make_step_timer()
     callbacks.append(step_timer)
     return callbacks, save_on_preemption, step_timer
 
 
-def _step_timer():
-    """Wall time of each optimizer step of this attempt (generation, scoring, backward, optimizer), for the summary."""
+def make_step_timer():
+    """A callback that records the wall time of each optimizer step (generation, scoring, backward, optimizer)
+    in ``.seconds``: the training summary's ``step_seconds``, and what the GRPO step benchmark reports."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -189,9 +193,6 @@ def _step_timer():
             self.last = now
 
     return StepTimer()
-
-
-ROLLOUTS = ("auto", "static-graph", "trl")
 
 
 def _fast_rollout(config, backend: str, device: str, rollout: str):
@@ -240,22 +241,10 @@ def _summary_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return metrics
 
 
-def train_grpo(
-    recipe: str,
-    data_dir: str | Path,
-    output_dir: str | Path,
-    *,
-    model: str | None = None,
-    overrides: list[str] | None = None,
-    merge: bool = False,
-    token: str | None = None,
-    completion_sample_size: int = 0,
-    show_progress: bool = True,
-    rollout: str = "auto",
-) -> TrainingOutcome:
-    """Train a LoRA adapter with GRPO; resume from the newest complete checkpoint in ``output_dir``.
+def train_grpo(job: TrainingJob) -> TrainingOutcome:
+    """Train a LoRA adapter with GRPO as ``job`` says; resume from the newest complete checkpoint in its output folder.
 
-    ``rollout``: how completions are generated without vLLM: "static-graph" (our CUDA-graph generator),
+    ``job.rollout``: how completions are generated without vLLM: "static-graph" (our CUDA-graph generator),
     "trl" (TRL's ``generate``), "auto" (the first on a GPU, the second on CPU).
     """
     import torch
@@ -265,11 +254,12 @@ def train_grpo(
     from trl import GRPOTrainer
 
     from components.common.modeling import choose_generation_backend, default_device, load_model, load_processor
+    from components.common.secrets import resolve_hf_token
 
-    spec = load_recipe(recipe, overrides)
+    spec, model_id, completion_sample_size = job.recipe, job.model_id, job.completion_sample_size
     check_train_args(spec)
-    model_id = model or spec.model.model_id
-    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    token = resolve_hf_token(job.hf_token_secret or None)
+    data_dir, output_dir = Path(job.data_dir), Path(job.output_dir)
     checkpoint_dir, adapter_dir = output_dir / "checkpoints", output_dir / "adapter"
     output_dir.mkdir(parents=True, exist_ok=True)  # never wiped: it holds the checkpoints we resume from
 
@@ -284,8 +274,8 @@ def train_grpo(
     reward_funcs, reward_weights = _reward_functions(
         spec, output_dir / "completions_sample.jsonl" if completion_sample_size else None, completion_sample_size
     )
-    config, wants_tensorboard = _grpo_config(spec, checkpoint_dir, backend, reward_weights, device)
-    tensorboard_dir = Path(os.environ.get("AIP_TENSORBOARD_LOG_DIR") or output_dir / "tensorboard") if wants_tensorboard else None
+    config = _grpo_config(spec, checkpoint_dir, backend, reward_weights, device)
+    tensorboard_dir = Path(job.tensorboard_dir) if job.tensorboard_dir else None
     torch.manual_seed(config.seed)
     processor = load_processor(model_id, token=token)
     policy = load_model(model_id, dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation,
@@ -293,11 +283,12 @@ def train_grpo(
     policy.train()
     lora = LoraConfig(task_type="CAUSAL_LM", r=spec.lora.r, lora_alpha=spec.lora.alpha,
                       lora_dropout=spec.lora.dropout, target_modules=spec.lora.target_modules)
-    callbacks, preemption, step_timer = _callbacks(checkpoint_dir, tensorboard_dir, config.max_steps, show_progress)
-    rollout_func = _fast_rollout(config, backend, device, rollout)
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
-                          eval_dataset=eval_dataset, processing_class=processor, peft_config=lora, callbacks=callbacks,
-                          rollout_func=rollout_func)
+    callbacks, preemption, step_timer = _callbacks(checkpoint_dir, tensorboard_dir, config.max_steps, job.show_progress)
+    rollout_func = _fast_rollout(config, backend, device, job.rollout)
+    with text_only_in_trl() if backend == "vllm" else contextlib.nullcontext():
+        trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=config, train_dataset=train_dataset,
+                              eval_dataset=eval_dataset, processing_class=processor, peft_config=lora,
+                              callbacks=callbacks, rollout_func=rollout_func)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; RewardProgress logs one line instead
     if config.bf16 and (rollout_func is not None or backend == "vllm"):
         log.info("LoRA inputs stay bf16 under autocast (%d layers)", _skip_lora_input_casts(trainer.model))
@@ -315,7 +306,7 @@ def train_grpo(
     trainer.save_model(str(adapter_dir))
     processor.save_pretrained(str(adapter_dir))
     metrics = _summary_metrics(trainer.state.log_history)
-    merged_dir = _merge(model_id, adapter_dir, output_dir / "merged", processor, spec, token) if merge else None
+    merged_dir = _merge(model_id, adapter_dir, output_dir / "merged", processor, spec, token) if job.merge else None
     outcome = TrainingOutcome(adapter_dir=str(adapter_dir), merged_dir=str(merged_dir) if merged_dir else None,
                               global_step=trainer.state.global_step, resumed_from=str(resume) if resume else None,
                               backend=backend, metrics=metrics)
@@ -334,10 +325,8 @@ def train_grpo(
 
 def _merge(model_id: str, adapter_dir: Path, merged_dir: Path, processor, spec: Recipe, token: str | None) -> Path:
     """Base + adapter merged into plain bf16 weights, the layout serving stacks (vLLM) load directly."""
-    from components.common.modeling import load_model
+    from components.common.modeling import load_model, save_for_serving
 
     merged = load_model(model_id, dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation,
                         adapter=str(adapter_dir), merge_adapter=True, token=token)
-    merged.save_pretrained(str(merged_dir))
-    processor.save_pretrained(str(merged_dir))
-    return merged_dir
+    return save_for_serving(merged, processor, merged_dir)

@@ -1,40 +1,40 @@
-"""Training on several VMs as one Vertex AI custom job, and the entry point each of its replicas runs.
+"""Training as a Vertex AI custom job on one VM or several, and the entry point each of its replicas runs.
 
 The pipeline task (slim image, no GPU) submits a ``CustomJob`` through the aiplatform SDK: worker pool 0 holds
 the primary replica (node 0), worker pool 1 the other ``nodes - 1``, all on the trainer image and machine type.
-Each replica runs ``python -m components.grpo_train.multinode <training CLI args>``, which reads Vertex's
-``CLUSTER_SPEC`` for the rendezvous and launches torchrun with one process per GPU; the nodes share the output
-folder through Cloud Storage FUSE (``/gcs/``), so checkpoints and resumption work as on one VM, and only the
-global rank 0 writes the adapter and summary. The task then reads that summary back, as on one VM.
+Each replica runs ``python -m components.grpo_train.multinode --job-json JOB``, the training job as built once by
+the task (``TrainingJob``); it reads Vertex's ``CLUSTER_SPEC`` for the rendezvous and launches torchrun with one
+process per GPU. The nodes share the output folder through Cloud Storage FUSE (``/gcs/``), so checkpoints and
+resumption work as on one VM, and only the global rank 0 writes the adapter and summary. The task then reads
+that summary back, as on one VM.
+
+Spot: a pipeline task cannot run on Spot VMs, a custom job can (``scheduling_strategy`` SPOT), on one node as on
+several. What makes that safe is the resume: a preempted VM gets SIGTERM, training saves a checkpoint, and the
+retried task's new job resumes from the newest complete checkpoint (``checkpoints.py``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import re
 import signal
-import sys
+from dataclasses import dataclass
 from typing import Any
 
 from components.common.errors import UserError, cli_main
 from components.common.gcs import GCS_FUSE_ROOT, GCS_SCHEME, split_gcs_uri, to_gcs_uri
-from components.common.recipes import load_recipe
-from components.grpo_train.launch import (
-    Rendezvous,
-    data_parallel_overrides,
-    outcome_from_outputs,
-    run_torchrun,
-    torchrun_command,
-    training_cli_args,
-    visible_gpu_count,
-)
+from components.grpo_train.job import TrainingJob, as_local_path
+from components.grpo_train.launch import Rendezvous, outcome_from_outputs, run_job_under_torchrun, visible_gpu_count
 
 log = logging.getLogger(__name__)
 
 REPLICA_MODULE = "components.grpo_train.multinode"
 CLUSTER_SPEC_ENV = "CLUSTER_SPEC"
+# Vertex sets it on the replicas of a custom job that has a TensorBoard instance: what is written there is uploaded.
+TENSORBOARD_LOG_DIR_ENV = "AIP_TENSORBOARD_LOG_DIR"
 PRIMARY_POOL, WORKER_POOL = "workerpool0", "workerpool1"
 # Vertex machine type for (accelerator type, GPUs per VM), for when the pipeline leaves the machine type empty.
 MACHINE_TYPES = {
@@ -96,16 +96,65 @@ def fuse_path(path_or_uri: str, parameter: str) -> str:
     return GCS_FUSE_ROOT + uri[len(GCS_SCHEME):]
 
 
-def worker_pool_specs(
-    image: str, nodes: int, machine_type: str, accelerator_type: str, accelerator_count: int, cli_args: list[str]
-) -> list[dict[str, Any]]:
-    """One primary replica in pool 0 and ``nodes - 1`` workers in pool 1, identical machines and commands."""
+@dataclass(frozen=True)
+class CustomJobSettings:
+    """Where and how the custom job runs (the training itself is the ``TrainingJob``).
+
+    ``service_account``, ``network`` (``projects/NUMBER/global/networks/NAME``), ``encryption_key`` (a Cloud KMS
+    key: CMEK) and ``tensorboard`` (``projects/P/locations/L/tensorboards/ID``): empty leaves Vertex's default.
+    ``spot``: Spot VMs (Vertex's SPOT scheduling strategy), safe because training resumes from its newest
+    complete checkpoint.
+    """
+
+    nodes: int
+    image: str
+    accelerator_type: str
+    accelerator_count: int
+    project: str
+    location: str
+    machine_type: str = ""
+    display_name: str = "grpo-train"
+    service_account: str = ""
+    network: str = ""
+    encryption_key: str = ""
+    tensorboard: str = ""
+    spot: bool = False
+
+    def check(self) -> None:
+        """One clear error, before any VM is reserved, for a setting that cannot work."""
+        if self.nodes < 1:
+            raise UserError(f"train_nodes must be at least 1, got {self.nodes}")
+        if self.accelerator_count < 1:
+            raise UserError(f"train_accelerator_count must be at least 1 per node, got {self.accelerator_count}")
+        if not self.image:
+            raise UserError("trainer image is empty: the custom job's replicas need the trainer image")
+        if self.tensorboard and not self.service_account:
+            raise UserError("tensorboard needs service_account: Vertex writes a custom job's TensorBoard logs as "
+                            "that service account")
+        if self.network and not re.fullmatch(r"projects/[^/]+/global/networks/[^/]+", self.network):
+            raise UserError(f"network must look like projects/PROJECT_NUMBER/global/networks/NAME, got {self.network!r}")
+        if self.encryption_key and not re.fullmatch(
+                r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+", self.encryption_key):
+            raise UserError("encryption_key must look like projects/P/locations/L/keyRings/R/cryptoKeys/K, "
+                            f"got {self.encryption_key!r}")
+        if self.tensorboard and not re.fullmatch(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+", self.tensorboard):
+            raise UserError(f"tensorboard must look like projects/P/locations/L/tensorboards/ID, got {self.tensorboard!r}")
+
+
+def worker_pool_specs(settings: CustomJobSettings, job_json: str) -> list[dict[str, Any]]:
+    """The primary replica in pool 0 and ``nodes - 1`` workers in pool 1, identical machines and commands."""
     pool = {
-        "machine_spec": {"machine_type": machine_type, "accelerator_type": accelerator_type,
-                         "accelerator_count": accelerator_count},
-        "container_spec": {"image_uri": image, "command": ["python", "-m", REPLICA_MODULE], "args": list(cli_args)},
+        "machine_spec": {"machine_type": machine_type_for(settings.accelerator_type, settings.accelerator_count,
+                                                          settings.machine_type),
+                         "accelerator_type": settings.accelerator_type,
+                         "accelerator_count": settings.accelerator_count},
+        "container_spec": {"image_uri": settings.image, "command": ["python", "-m", REPLICA_MODULE],
+                           "args": ["--job-json", job_json]},
     }
-    return [{**pool, "replica_count": 1}, {**pool, "replica_count": nodes - 1}]
+    pools = [{**pool, "replica_count": 1}]
+    if settings.nodes > 1:
+        pools.append({**pool, "replica_count": settings.nodes - 1})
+    return pools
 
 
 def job_display_name(pipeline_run: str) -> str:
@@ -113,97 +162,87 @@ def job_display_name(pipeline_run: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"grpo-train-{pipeline_run}" if pipeline_run else "grpo-train")[:128]
 
 
-def train_on_nodes(recipe: str, data_dir: str, output_dir: str, **settings: Any):
-    """Train as a Vertex custom job over several VMs (``run_training_job``); its ``TrainingOutcome``, read back
-    from ``output_dir`` (this task's own view of the shared folder)."""
-    run_training_job(recipe, data_dir, output_dir, **settings)
-    return outcome_from_outputs(output_dir)
+def on_cloud_storage(job: TrainingJob) -> TrainingJob:
+    """``job`` with its folders as every replica sees them: ``/gcs/`` paths (replicas share no local disk)."""
+    update = {"data_dir": fuse_path(job.data_dir, "prepared data"),
+              "output_dir": fuse_path(job.output_dir, "tuned model output")}
+    if job.tensorboard_dir and to_gcs_uri(job.tensorboard_dir):
+        update["tensorboard_dir"] = fuse_path(job.tensorboard_dir, "tensorboard folder")
+    return job.model_copy(update=update)
 
 
-def run_training_job(
-    recipe: str,
-    data_dir: str,
-    output_dir: str,
-    *,
-    nodes: int,
-    image: str,
-    accelerator_type: str,
-    accelerator_count: int,
-    project: str,
-    location: str,
-    machine_type: str = "",
-    model: str | None = None,
-    overrides: list[str] | None = None,
-    merge: bool = False,
-    hf_token_secret: str = "",
-    completion_sample_size: int = 0,
-    display_name: str = "grpo-train",
-    service_account: str | None = None,
-    api_endpoint: str | None = None,
-    credentials: Any = None,
-):
-    """Submit training as a Vertex custom job over ``nodes`` VMs and wait for it; returns the job's resource name."""
-    if nodes < 2:
-        raise UserError(f"train_nodes must be at least 2 for a multi-node custom job, got {nodes}")
-    if accelerator_count < 1:
-        raise UserError(f"train_accelerator_count must be at least 1 per node, got {accelerator_count}")
-    if not image:
-        raise UserError("trainer image is empty: the custom job's replicas need the trainer image")
-    overrides = list(overrides or [])
+def train_on_nodes(job: TrainingJob, settings: CustomJobSettings, **client: Any):
+    """Train ``job`` as a Vertex custom job (``run_training_job``); its ``TrainingOutcome``, read back from the
+    job's output folder (this task's own view of the shared folder)."""
+    run_training_job(job, settings, **client)
+    return outcome_from_outputs(job.output_dir)
+
+
+def run_training_job(job: TrainingJob, settings: CustomJobSettings, *, api_endpoint: str | None = None,
+                     credentials: Any = None) -> str:
+    """Submit ``job`` as a Vertex custom job as ``settings`` say and wait for it; returns the job's resource name."""
+    settings.check()
     # Fail here, before any GPU is reserved, when the batch cannot be split over every GPU of every node.
-    data_parallel_overrides(load_recipe(recipe, overrides), nodes * accelerator_count)
-    cli_args = training_cli_args(
-        recipe, fuse_path(data_dir, "prepared data"), fuse_path(output_dir, "tuned model output"), model=model,
-        overrides=overrides, merge=merge, hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
-    )
-    output_uri = to_gcs_uri(output_dir)
+    job.data_parallel(settings.nodes * settings.accelerator_count)
+    replica_job = on_cloud_storage(job)
+    output_uri = to_gcs_uri(job.output_dir)
     bucket, _ = split_gcs_uri(output_uri, "tuned model output")
-    pools = worker_pool_specs(image, nodes, machine_type_for(accelerator_type, accelerator_count, machine_type),
-                              accelerator_type, accelerator_count, cli_args)
+    pools = worker_pool_specs(settings, replica_job.model_dump_json())
 
     from google.cloud import aiplatform
+    from google.cloud.aiplatform.compat.types import custom_job as custom_job_types
 
-    init_kwargs: dict[str, Any] = {"project": project, "location": location, "credentials": credentials}
+    init_kwargs: dict[str, Any] = {"project": settings.project, "location": settings.location,
+                                   "credentials": credentials}
     if api_endpoint:
         init_kwargs["api_endpoint"] = api_endpoint
         if api_endpoint.startswith("http://"):
             init_kwargs["api_transport"] = "rest"  # only the REST transport speaks plain HTTP
     aiplatform.init(**init_kwargs)
-    job = aiplatform.CustomJob(display_name=display_name, worker_pool_specs=pools,
-                               base_output_dir=f"{output_uri}/custom_job", staging_bucket=f"{GCS_SCHEME}{bucket}")
-    job.submit(service_account=service_account or None)
-    log.info("custom job %s: %d nodes x %d %s", job.resource_name, nodes, accelerator_count, accelerator_type)
+    custom_job = aiplatform.CustomJob(
+        display_name=settings.display_name, worker_pool_specs=pools, base_output_dir=f"{output_uri}/custom_job",
+        staging_bucket=f"{GCS_SCHEME}{bucket}", encryption_spec_key_name=settings.encryption_key or None,
+    )
+    custom_job.submit(
+        service_account=settings.service_account or None, network=settings.network or None,
+        tensorboard=settings.tensorboard or None,
+        scheduling_strategy=custom_job_types.Scheduling.Strategy.SPOT if settings.spot else None,
+    )
+    log.info("custom job %s: %d node(s) x %d %s%s", custom_job.resource_name, settings.nodes,
+             settings.accelerator_count, settings.accelerator_type, " on Spot VMs" if settings.spot else "")
     # A stopped pipeline task (SIGTERM) cancels its job, so no VMs keep training for a run that is gone.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: job.cancel())
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: custom_job.cancel())
     try:
-        job.wait_for_completion()
+        custom_job.wait_for_completion()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return job.resource_name
+    return custom_job.resource_name
 
 
-def replica_command(cli_args: list[str], cluster_spec: str, gpus: int) -> list[str]:
-    """This replica's torchrun command: its node rank from ``cluster_spec``, one process per GPU, and the
-    accumulation split over every process of every node."""
-    from components.grpo_train.__main__ import build_parser
+def replica_job(job: TrainingJob, tensorboard_log_dir: str | None) -> TrainingJob:
+    """The job this replica runs: TensorBoard events where Vertex uploads them from, when the job writes any."""
+    if job.tensorboard_dir and tensorboard_log_dir:
+        return job.model_copy(update={"tensorboard_dir": as_local_path(tensorboard_log_dir)})
+    return job
 
-    args = build_parser().parse_args(cli_args)
-    rendezvous = rendezvous_from_cluster_spec(cluster_spec)
-    processes = max(1, gpus)
-    split = data_parallel_overrides(load_recipe(args.recipe, args.overrides), processes * rendezvous.nnodes)
-    log.info("node %d of %d, %d processes, primary %s:%d", rendezvous.node_rank, rendezvous.nnodes, processes,
-             rendezvous.master_addr, rendezvous.master_port)
-    return torchrun_command([*cli_args, *(a for o in split for a in ("--set", o))], processes, rendezvous)
+
+def replica_rendezvous(cluster_spec: str | None) -> Rendezvous:
+    """This replica's place among the nodes; a job of one replica may come without a cluster spec."""
+    return rendezvous_from_cluster_spec(cluster_spec) if cluster_spec else Rendezvous()
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    """Replica entry point: ``python -m components.grpo_train.multinode <python -m components.grpo_train args>``."""
+    """Replica entry point: ``python -m components.grpo_train.multinode --job-json JOB``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {REPLICA_MODULE}",
+                                     description="One replica of the training custom job: torchrun on this VM's GPUs.")
+    parser.add_argument("--job-json", required=True, help="the training job (JSON), as the launcher built it")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cluster_spec = os.environ.get(CLUSTER_SPEC_ENV)
-    if not cluster_spec:
-        raise UserError(f"{CLUSTER_SPEC_ENV} is not set: this entry point runs as a replica of a Vertex AI custom job")
-    run_torchrun(replica_command(list(sys.argv[1:] if argv is None else argv), cluster_spec, visible_gpu_count()))
+    job = replica_job(TrainingJob.from_json(args.job_json, "--job-json"), os.environ.get(TENSORBOARD_LOG_DIR_ENV))
+    rendezvous = replica_rendezvous(os.environ.get(CLUSTER_SPEC_ENV))
+    run_job_under_torchrun(job, max(1, visible_gpu_count()), rendezvous)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
