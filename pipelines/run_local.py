@@ -94,6 +94,10 @@ def format_table(summary: dict[str, Any]) -> str:
         return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
     where = f"{summary['registered_at']} (version {summary['registered_version']})" if summary["registered"] else "not registered (gate not passed)"
+    smoke = summary.get("smoke_test")
+    smoke_line = [f"smoke test        {smoke['n']} prompts via a local server: format rate {smoke['format_rate']:.2f}, "
+                  f"accuracy {smoke['accuracy']:.2f}, latency p50 {smoke['latency_p50_s']:.2f} s, "
+                  f"p95 {smoke['latency_p95_s']:.2f} s"] if smoke else []
     return "\n".join([
         f"{'':18}{'accuracy':>10}  95% CI",
         f"{'baseline':18}{summary['baseline_accuracy']:>10.3f}  {ci(summary['baseline_ci'])}",
@@ -101,9 +105,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{'delta':18}{summary['delta']:>+10.3f}  {ci(summary['delta_ci'])}",
         f"McNemar p-value   {summary['p_value']:.2e}   (n = {summary['n']} paired questions)",
         f"registered        {where}",
-        *([f"smoke test        {smoke['n']} prompts via a local server: format rate {smoke['format_rate']:.2f}, "
-           f"accuracy {smoke['accuracy']:.2f}, latency p50 {smoke['latency_p50_s']:.2f} s, "
-           f"p95 {smoke['latency_p95_s']:.2f} s"] if (smoke := summary.get("smoke_test")) else []),
+        *smoke_line,
         f"wall time         {summary['wall_seconds']:.0f} s",
     ])
 
