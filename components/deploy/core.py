@@ -112,16 +112,19 @@ def load_registration(path: str | Path) -> dict[str, Any]:
     return registration
 
 
+def require_merged(serving_mode: str | None, model: str) -> None:
+    """Only merged weights are deployed; an adapter is refused with the reason, anything else named."""
+    if serving_mode == "adapter":
+        raise UserError(ADAPTER_REFUSED)
+    if serving_mode != "merged":
+        raise UserError(f"registered_model: {model} has serving_mode {serving_mode!r}; only merged weights are deployed")
+
+
 def share_traffic(current: dict[str, int], new_id: str, percentage: int) -> dict[str, int]:
     """``percentage`` to ``new_id``, the rest shared by the others in their current proportions (sums to 100)."""
     if not any(current.values()):
         return {new_id: 100}
-    rest = 100 - percentage
-    total = sum(current.values())
-    split = {key: value * rest // total for key, value in current.items()}
-    for key in sorted(current, key=lambda k: -current[k])[: rest - sum(split.values())]:
-        split[key] += 1  # integer shares: hand out what flooring left over, largest first
-    return {**{k: v for k, v in split.items() if v}, new_id: percentage}
+    return {**_scale(current, 100 - percentage), new_id: percentage}
 
 
 def split_without(current: dict[str, int], deployed_model_id: str) -> dict[str, int]:
@@ -132,13 +135,14 @@ def split_without(current: dict[str, int], deployed_model_id: str) -> dict[str, 
     if not any(others.values()):
         # The version held all traffic (a retried deploy cannot see what came before): the newest other takes it.
         return {max(others, key=lambda k: int(k) if k.isdigit() else 0): 100}
-    return _scale_to_100(others)
+    return _scale(others, 100)
 
 
-def _scale_to_100(split: dict[str, int]) -> dict[str, int]:
-    total = sum(split.values())
-    scaled = {key: value * 100 // total for key, value in split.items()}
-    for key in sorted(split, key=lambda k: -split[k])[: 100 - sum(scaled.values())]:
+def _scale(split: dict[str, int], total: int) -> dict[str, int]:
+    """Integer shares of ``total`` in ``split``'s proportions; what flooring leaves goes to the largest first."""
+    weight = sum(split.values())
+    scaled = {key: value * total // weight for key, value in split.items()}
+    for key in sorted(split, key=lambda k: -split[k])[: total - sum(scaled.values())]:
         scaled[key] += 1
     return {key: value for key, value in scaled.items() if value}
 
@@ -216,8 +220,7 @@ def _deploy_to_folder(registration: dict[str, Any], spec: DeploymentSpec) -> Dep
     manifest_path = version_dir / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"registered_model: {str(version_dir)!r} has no manifest.json (not a file registry version)")
-    if json.loads(manifest_path.read_text(encoding="utf-8")).get("serving_mode") != "merged":
-        raise UserError(ADAPTER_REFUSED)
+    require_merged(json.loads(manifest_path.read_text(encoding="utf-8")).get("serving_mode"), str(version_dir))
     folder = version_dir.parents[2] / ENDPOINTS_FOLDER / spec.endpoint_name  # <registry>/<model>/versions/<n>
     created = not (folder / ENDPOINT_FILE).is_file()
     state = _read_endpoint(folder)
@@ -284,8 +287,7 @@ def _deploy_on_vertex(registration: dict[str, Any], spec: DeploymentSpec, *, api
     project, location = _project_location(resource_name, "registered_model")
     init_vertex(project, location, api_endpoint, credentials)
     model = aiplatform.Model(resource_name)
-    if model.labels.get("serving_mode") != "merged":
-        raise UserError(ADAPTER_REFUSED)
+    require_merged(model.labels.get("serving_mode"), resource_name)
 
     matches = aiplatform.Endpoint.list(filter=f'display_name="{spec.endpoint_name}"', order_by="create_time")
     created = not matches
