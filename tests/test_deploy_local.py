@@ -155,3 +155,23 @@ def test_a_local_server_that_cannot_start_fails_the_smoke_test_and_rolls_back(tm
     assert "\n" not in message and "the local server (transformers serve) exited with code" in message
     assert message.endswith("traffic rolled back to the previous version")
     assert endpoint_state(tmp_path)["traffic_split"] == {first.deployed_model_id: 100}
+
+
+def test_kfp_wrapper_writes_the_deployment_record(tmp_path):
+    from kfp import dsl
+
+    from components.deploy.component import deploy_model_component
+
+    registration = register(tmp_path, fake_merged_model(tmp_path / "m1"), "run-1")
+    registered = dsl.Artifact(uri=str(tmp_path / "registered"))
+    registered.path = str(tmp_path / "registered")
+    Path(registered.path).mkdir()
+    (Path(registered.path) / "registration.json").write_text(json.dumps(registration))
+    deployment = dsl.Artifact(uri=str(tmp_path / "deployment"))
+    deployment.path = str(tmp_path / "deployment")
+
+    returned = deploy_model_component(registered_model=registered, deployment=deployment, endpoint_name="local")
+    written = json.loads((tmp_path / "deployment" / "deployment.json").read_text())
+    assert returned == written["deployed_model_id"] == "1"
+    assert written["traffic_split"] == {"1": 100} and written["model"] == registration["resource_name"]
+    assert deployment.metadata["endpoint"] == str(tmp_path / "registry" / "_endpoints" / "local")
