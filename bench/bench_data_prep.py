@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 MEDQA_TEST = REPO.parent / "shared" / "data" / "medqa" / "medqa_us4_test.jsonl"
 SPLIT_SIZES = {"train": 10_178, "dev": 1_272, "test": 1_273}  # MedQA US (4 options)
 TARGET_SECONDS = 30.0

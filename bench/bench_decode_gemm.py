@@ -20,26 +20,11 @@ import itertools
 import json
 import time
 
-from bench_eval import GEMMA3_4B_TEXT
-
 from components.common.jsonl import write_json
+from components.generator.step_timing import decode_matmul_shapes
+from components.tiny_model.core import GEMMA3_4B_TEXT
 
-
-def decode_matmul_shapes(text: dict = GEMMA3_4B_TEXT) -> dict[str, tuple[int, int, int]]:
-    """The decode step's matmuls: name -> (out features, in features, calls a step), q/k/v fused as the
-    generator does."""
-    hidden, heads, layers = text["hidden_size"], text["head_dim"], text["num_hidden_layers"]
-    q, kv, mlp = text["num_attention_heads"] * heads, text["num_key_value_heads"] * heads, text["intermediate_size"]
-    return {
-        "qkv": (q + 2 * kv, hidden, layers),
-        "o_proj": (hidden, q, layers),
-        "gate|up": (mlp, hidden, 2 * layers),
-        "down": (hidden, mlp, layers),
-        "lm_head": (text["vocab_size"], hidden, 1),
-    }
-
-
-SHAPES = decode_matmul_shapes()
+SHAPES = decode_matmul_shapes(GEMMA3_4B_TEXT)
 LAYERS = GEMMA3_4B_TEXT["num_hidden_layers"]
 # (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
 CONFIGS = list(itertools.product((32, 64, 128), (128,), (1, 2, 4, 8), (4, 8), (3,)))

@@ -5,10 +5,10 @@ Builds a random-init Gemma-3-4B (MedGemma-4B's real shapes, Gemma3ForConditional
   - notebook: ``model.generate`` on batches of 64 in dataset order, sampling T=0.7, top-p 0.9 (plus the
     model's generation config, top-k 64, as the notebook gets it), 512 new tokens. A fixed number of its
     batches is timed and the full split extrapolated (the whole loop takes ~15 min);
-  - ours: ``components.common.generation.generate_completions`` on all 1,273 prompts (length-sorted,
+  - ours: ``components.generator.generate_completions`` on all 1,273 prompts (length-sorted,
     batch size from free memory, static cache, CUDA-graph decode step), same decoding;
 (Decode-step timings, graph vs eager and by rows, are bench_decode_step.py's.)
-Imports only torch, transformers and our generation module (no kfp/trl). Random weights rarely emit EOS,
+Imports only torch, transformers and our generator package (no kfp/trl). Random weights rarely emit EOS,
 so nearly every row runs to the 512-token cap; tokens/s counts the tokens actually generated.
 
     python bench/bench_eval.py --output bench_eval.json            # GPU (H100/H200)
@@ -22,26 +22,13 @@ import json
 import math
 import platform
 import random
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from components.common.recipes import EvalSpec
+from components.generator.step_timing import peak_gib, reset_peak, sync
+from components.tiny_model.core import GEMMA3_4B_TEXT
 
-# MedGemma-4B text tower (hidden 2560, 34 layers, 8 heads, 4 KV heads, head_dim 256, vocab 262,208).
-GEMMA3_4B_TEXT = dict(
-    hidden_size=2560,
-    intermediate_size=10240,
-    num_hidden_layers=34,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=256,
-    vocab_size=262_208,
-    query_pre_attn_scalar=256,
-    sliding_window=1024,
-    max_position_embeddings=131_072,
-    rope_scaling={"rope_type": "linear", "factor": 8.0},
-)
+# CPU smoke-run sizes; the short sliding window makes ~250-token prompts cross it.
 TINY_TEXT = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     head_dim=16, vocab_size=4096, query_pre_attn_scalar=16, sliding_window=64,
@@ -49,6 +36,8 @@ TINY_TEXT = dict(
 # MedGemma-4B's generation config: what the notebook's generate() picks up besides its own arguments.
 GENERATION_CONFIG = dict(bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0, do_sample=True, top_k=64, top_p=0.95)
 PAD_ID, EOS_IDS = 0, [1, 106]
+# The evaluate step's protocol (the recipe's defaults) with the generation config's top-k, as the notebook samples.
+PROTOCOL = EvalSpec()
 
 
 def build_model(tiny: bool, device: str):
@@ -100,30 +89,6 @@ def write_report(output: str, report: dict) -> None:
     print(json.dumps(report, indent=2))
 
 
-def sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def reset_peak():
-    import torch
-
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib() -> float | None:
-    import torch
-
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
-
-
 def run_notebook_loop(model, prompts, *, batch_size: int, batches: int, new_tokens: int, device: str) -> dict:
     """The notebook's run_inference_batched, minus its bugs that break it: EOS as pad, left padding, plain generate."""
     import torch
@@ -140,8 +105,8 @@ def run_notebook_loop(model, prompts, *, batch_size: int, batches: int, new_toke
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=True, temperature=0.7, top_p=0.9,
-                pad_token_id=pad,
+                input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=True,
+                temperature=PROTOCOL.temperature, top_p=PROTOCOL.top_p, pad_token_id=pad,
             )
         sync()
         timings.append(time.perf_counter() - start)
@@ -161,9 +126,10 @@ def run_notebook_loop(model, prompts, *, batch_size: int, batches: int, new_toke
 
 
 def run_ours(model, prompts, *, new_tokens: int, batch_size: int) -> dict:
-    from components.common.generation import SamplingSettings, generate_completions
+    from components.generator import SamplingSettings, generate_completions
 
-    settings = SamplingSettings(do_sample=True, temperature=0.7, top_p=0.9, top_k=64, max_new_tokens=new_tokens)
+    settings = SamplingSettings(do_sample=True, temperature=PROTOCOL.temperature, top_p=PROTOCOL.top_p,
+                                top_k=GENERATION_CONFIG["top_k"], max_new_tokens=new_tokens)
     reset_peak()
     sync()
     start = time.perf_counter()
@@ -255,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": args.prompts,
         "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
         "new_tokens": args.new_tokens,
-        "decoding": "sampling T=0.7 top-p 0.9 top-k 64",
+        "decoding": f"sampling T={PROTOCOL.temperature} top-p {PROTOCOL.top_p} top-k {GENERATION_CONFIG['top_k']}",
         "build_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report), flush=True)

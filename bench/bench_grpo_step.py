@@ -28,10 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
 NUM_GENERATIONS = 4
 # The run's own overrides: no evaluation or checkpoints inside the timed steps, no vLLM, no TensorBoard.
 OURS_BASE_OVERRIDES = [

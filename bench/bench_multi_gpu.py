@@ -33,10 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
 # No evaluation and no vLLM inside the timed steps; one checkpoint at the end holds the log history.
 COMMON_OVERRIDES = ["train.eval_strategy='no'", "train.eval_on_start=false", "train.report_to=none",
                     "train.logging_steps=1", "train.save_strategy=steps", "train.seed=42"]

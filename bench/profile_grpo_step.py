@@ -31,13 +31,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bench_eval import sync  # noqa: E402  (importable once bench/ is on the path)
-
-from components.common.jsonl import write_json  # noqa: E402
+from components.common.jsonl import write_json
+from components.generator.step_timing import sync
 
 TOP_KERNELS = 25
 
@@ -100,13 +95,13 @@ def install(timer: PhaseTimer) -> None:
     from transformers import Trainer
     from trl import GRPOTrainer
 
-    from components.common import generation
+    from components.generator.engine import StaticBatchGenerator
     from components.grpo_train import rollout
 
     timer.wrap(rollout.StaticGraphRollout, "__call__", "rollout")
-    timer.wrap(generation.StaticBatchGenerator, "_capture", "rollout.capture")
-    timer.wrap(generation.StaticBatchGenerator, "_prefill", "rollout.prefill")
-    timer.wrap(generation.StaticBatchGenerator, "generate", "rollout.generate")  # capture + prefill + decode
+    timer.wrap(StaticBatchGenerator, "_capture", "rollout.capture")
+    timer.wrap(StaticBatchGenerator, "_prefill", "rollout.prefill")
+    timer.wrap(StaticBatchGenerator, "generate", "rollout.generate")  # capture + prefill + decode
     timer.wrap(GRPOTrainer, "_calculate_rewards", "rewards")
     timer.wrap(GRPOTrainer, "_generate_and_score_completions", "generate_and_score")
     # Reference log-probs run without grad (inside generate_and_score); the policy's with grad (training_step).
@@ -132,7 +127,7 @@ def install(timer: PhaseTimer) -> None:
 
     Trainer.training_step = step_aware
 
-    original_generate = generation.StaticBatchGenerator.generate
+    original_generate = StaticBatchGenerator.generate
 
     def generate_then_profile_decode(self, prompts):
         results = original_generate(self, prompts)
@@ -151,7 +146,7 @@ def install(timer: PhaseTimer) -> None:
             timer.profiles["decode_step"]["steps"] = 4
         return results
 
-    generation.StaticBatchGenerator.generate = generate_then_profile_decode
+    StaticBatchGenerator.generate = generate_then_profile_decode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The ``medgemma-grpo`` pipeline: prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register
-[-> deploy -> smoke test].
+"""The ``medgemma-grpo`` pipeline: check -> prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register
+[-> deploy -> smoke test], with a run summary at the end, however the run ends.
 
 Images are bound when the pipeline is built (``build_pipeline``), from compile-time flags: nothing here
 reads the environment.
@@ -16,14 +16,20 @@ from components.data_prep.component import prepare_medqa_component
 from components.deploy.component import deploy_model_component, smoke_test_component
 from components.evaluate.component import evaluate_model_component
 from components.grpo_train.component import grpo_train_component, grpo_train_multinode_component, tuned_model_from_uri
+from components.preflight.component import check_parameters_component
 from components.register.component import register_model
+from components.run_summary.component import run_summary_component
 
 PIPELINE_NAME = "medgemma-grpo"
+# Vertex fills these in for the task that receives them; kfp.local fails on them (see build_pipeline).
+RUN_PROJECT = "{{$.pipeline_google_cloud_project_id}}"
+RUN_LOCATION = "{{$.pipeline_google_cloud_location}}"
 
 
 @dataclass(frozen=True)
 class Images:
-    """``base``: slim image (data prep, compare, register); ``trainer``: CUDA image (training, evaluation)."""
+    """``base``: slim image (checks, data prep, compare, register, summary); ``trainer``: CUDA image (training,
+    evaluation)."""
 
     base: str
     trainer: str
@@ -35,52 +41,66 @@ DEFAULT_IMAGES = Images(
 )
 
 
-def build_pipeline(images: Images = DEFAULT_IMAGES):
-    """The pipeline function with each step bound to its image."""
+def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
+    """The pipeline function with each step bound to its image.
 
-    def on(image: str, func):
+    ``on_vertex=False`` (pipelines/run_local.py) gives the register step no run project/region: kfp.local cannot
+    resolve Vertex's placeholders for them, and a local run registers into a folder.
+    """
+
+    def step(name: str, image: str, func):
         # The images hold this package and kfp: nothing is pip-installed when a task starts.
-        return dsl.component(func, base_image=image, install_kfp_package=False)
+        component = dsl.component(func, base_image=image, install_kfp_package=False)
+        component.component_spec.name = name  # the task's name in the Vertex console and kfp.local's run folder
+        return component
 
-    prepare = on(images.base, prepare_medqa_component)
-    evaluate = on(images.trainer, evaluate_model_component)
-    train = on(images.trainer, grpo_train_component)
-    train_on_nodes = on(images.base, grpo_train_multinode_component)  # submits a custom job; no GPU itself
-    join_branches = on(images.base, tuned_model_from_uri)
-    compare = on(images.base, compare_evaluations_component)
-    register = on(images.base, register_model)
-    deploy = on(images.base, deploy_model_component)
-    smoke_test = on(images.base, smoke_test_component)
+    check = step("check-parameters", images.base, check_parameters_component)
+    prepare = step("prepare-data", images.base, prepare_medqa_component)
+    baseline_eval = step("baseline-eval", images.trainer, evaluate_model_component)
+    train = step("train", images.trainer, grpo_train_component)
+    train_custom_job = step("train-custom-job", images.base, grpo_train_multinode_component)  # submits; no GPU itself
+    tuned_model_of = step("tuned-model", images.base, tuned_model_from_uri)
+    tuned_eval = step("tuned-eval", images.trainer, evaluate_model_component)
+    compare = step("compare", images.base, compare_evaluations_component)
+    register = step("register", images.base, register_model)
+    deploy = step("deploy", images.base, deploy_model_component)
+    smoke_test = step("smoke-test", images.base, smoke_test_component)
+    run_summary = step("run-summary", images.base, run_summary_component)
 
-    def on_gpu(task, accelerator_type, accelerator_count, cpu_limit, memory_limit):
+    def on_gpus(task, accelerator_type, accelerator_count, cpus, memory):
         # KFP 2.17's set_*_limit do not record their pipeline parameters as task inputs, so inside a dsl.If
         # the sub-DAG would not receive them: register them explicitly.
-        task.register_pipeline_channels([accelerator_type, accelerator_count, cpu_limit, memory_limit])
+        task.register_pipeline_channels([accelerator_type, accelerator_count, cpus, memory])
         return (task.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
-                .set_cpu_limit(cpu_limit).set_memory_limit(memory_limit))
+                .set_cpu_limit(cpus).set_memory_limit(memory))
 
     @dsl.pipeline(name=PIPELINE_NAME, description="GRPO + LoRA tuning of MedGemma on MedQA, evaluated and gated.")
     def medgemma_grpo(
         base_model: str = "google/medgemma-4b-it",
         data_source: str = "openlifescienceai/medqa",
         recipe: str = "medgemma-4b",
-        recipe_overrides: list = [],  # noqa: B006 ("section.field=value" strings)
+        recipe_settings: list = [],  # noqa: B006 (KFP needs a literal default)
         train_accelerator_type: str = "NVIDIA_TESLA_A100",
         train_accelerator_count: int = 1,
         train_nodes: int = 1,
         train_machine_type: str = "",
+        train_on_spot: bool = False,
         eval_accelerator_type: str = "NVIDIA_TESLA_A100",
         eval_accelerator_count: int = 1,
-        cpu_limit: str = "12",
-        memory_limit: str = "85G",
-        eval_limit: int = 0,
+        eval_question_limit: int = 0,
+        gpu_task_cpus: str = "12",
+        gpu_task_memory: str = "85G",
         gate_margin: float = 0.0,
         gate_alpha: float = 0.05,
         registry_uri: str = "vertex://",
         model_display_name: str = "medgemma-grpo",
-        serving_mode: str = "merged",
+        registered_weights: str = "merged",
         hf_token_secret: str = "",
-        deploy_endpoint: str = "",  # empty: no deploy
+        encryption_key: str = "",
+        network: str = "",
+        service_account: str = "",
+        tensorboard: str = "",
+        deploy_endpoint: str = "",
         deploy_machine_type: str = "g2-standard-12",
         deploy_accelerator_type: str = "NVIDIA_L4",
         deploy_accelerator_count: int = 1,
@@ -91,44 +111,100 @@ def build_pipeline(images: Images = DEFAULT_IMAGES):
         smoke_test_min_format_rate: float = 0.9,
         undeploy_after_smoke_test: bool = False,
     ):
-        data = prepare(source=data_source, recipe=recipe, model_id=base_model, hf_token_secret=hf_token_secret)
-        baseline = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model, recipe=recipe,
-                                   overrides=recipe_overrides, limit=eval_limit, hf_token_secret=hf_token_secret),
-                          eval_accelerator_type, eval_accelerator_count, cpu_limit, memory_limit).set_display_name("baseline-eval")
-        with dsl.If(train_nodes == 1, name="train-on-one-vm"):  # all its GPUs, data parallel when several
-            one_vm = on_gpu(train(prepared_data=data.outputs["prepared_data"], recipe=recipe, model_id=base_model,
-                                  overrides=recipe_overrides, serving_mode=serving_mode,
-                                  hf_token_secret=hf_token_secret),
-                            train_accelerator_type, train_accelerator_count, cpu_limit, memory_limit).set_retry(5)
-        with dsl.Else(name="train-on-several-vms"):  # a Vertex custom job with train_nodes replicas
-            several_vms = train_on_nodes(
-                prepared_data=data.outputs["prepared_data"], trainer_image=images.trainer, nodes=train_nodes,
-                accelerator_type=train_accelerator_type, accelerator_count=train_accelerator_count,
-                machine_type=train_machine_type, recipe=recipe, model_id=base_model, overrides=recipe_overrides,
-                serving_mode=serving_mode, hf_token_secret=hf_token_secret,
-                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_retry(5)
-        # The branch that ran hands on its model by URI (kfp.local joins branches on parameters, not artifacts).
-        tuned_model = join_branches(model_uri=dsl.OneOf(one_vm.outputs["Output"],
-                                                        several_vms.outputs["Output"])).outputs["tuned_model"]
-        tuned = on_gpu(evaluate(test_data=data.outputs["prepared_data"], model_id=base_model,
-                                adapter=tuned_model, recipe=recipe, overrides=recipe_overrides,
-                                limit=eval_limit, hf_token_secret=hf_token_secret),
-                       eval_accelerator_type, eval_accelerator_count, cpu_limit, memory_limit).set_display_name("tuned-eval")
-        gate = compare(baseline_evaluation=baseline.outputs["evaluation"], tuned_evaluation=tuned.outputs["evaluation"],
-                       margin=gate_margin, alpha=gate_alpha)
-        with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not a Python test)
-            registered = register(model=tuned_model, comparison=gate.outputs["comparison"],
-                                  registry_uri=registry_uri, model_name=model_display_name, recipe=recipe,
-                                  overrides=recipe_overrides, base_model=base_model,
-                                  pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serving_mode=serving_mode)
-            with dsl.If(deploy_endpoint != "", name="deploy"):
-                deployed = deploy(registered_model=registered.outputs["registered_model"],
-                                  endpoint_name=deploy_endpoint, machine_type=deploy_machine_type,
-                                  accelerator_type=deploy_accelerator_type,
-                                  accelerator_count=deploy_accelerator_count, min_replica_count=deploy_min_replicas,
-                                  max_replica_count=deploy_max_replicas, traffic_percentage=deploy_traffic_percentage)
-                smoke_test(deployment=deployed.outputs["deployment"], test_data=data.outputs["prepared_data"],
-                           recipe=recipe, overrides=recipe_overrides, prompts=smoke_test_prompts,
-                           min_format_rate=smoke_test_min_format_rate, undeploy_after=undeploy_after_smoke_test)
+        """GRPO + LoRA tuning of MedGemma on MedQA, evaluated and gated.
+
+        Args:
+            base_model: Hugging Face id (or gs:// folder) of the model to tune.
+            data_source: MedQA as a Hugging Face dataset id, a gs:// prefix or a folder of train/dev/test files.
+            recipe: Training and evaluation settings by name (components/recipes/), e.g. medgemma-4b-h100.
+            recipe_settings: Changes to the recipe, as "section.field=value" strings, e.g. ["train.max_steps=200"].
+            train_accelerator_type: GPU type for training, e.g. NVIDIA_TESLA_A100 or NVIDIA_H100_80GB.
+            train_accelerator_count: GPUs per training VM (at least 1).
+            train_nodes: Training VMs; more than 1 runs training as a Vertex custom job.
+            train_machine_type: Machine type of a custom-job training VM; empty picks the one that carries those GPUs.
+            train_on_spot: Train on Spot VMs (a custom job): cheaper, and a preempted run resumes from its last checkpoint.
+            eval_accelerator_type: GPU type for the two evaluations.
+            eval_accelerator_count: GPUs per evaluation (at least 1).
+            eval_question_limit: Evaluate on the first N test questions only; 0 evaluates them all.
+            gpu_task_cpus: CPUs of each one-VM GPU task (training, evaluations), e.g. "12".
+            gpu_task_memory: Memory of each one-VM GPU task, e.g. "85G".
+            gate_margin: Accuracy gain the tuned model needs over the baseline to be registered (0.02 = 2 points).
+            gate_alpha: Significance the gain needs (McNemar p-value below this).
+            registry_uri: Where to register: vertex:// (this run's project and region), vertex://projects/P/locations/L, or a folder.
+            model_display_name: Registered model name; each run that passes the gate adds a version.
+            registered_weights: What to register: merged (full weights, what the deploy step serves) or adapter (LoRA; not deployable: docs/vertex.md).
+            hf_token_secret: Secret Manager name of the Hugging Face token (projects/P/secrets/S), never the token.
+            encryption_key: Cloud KMS key (CMEK) for the training custom job and the registered model; empty: Google-managed.
+            network: VPC for the training custom job (projects/NUMBER/global/networks/NAME); empty: none.
+            service_account: Service account of the training custom job; empty: Vertex's Custom Code Service Agent.
+            tensorboard: Vertex TensorBoard for the training custom job (projects/P/locations/L/tensorboards/ID; needs service_account); empty: none.
+            deploy_endpoint: Endpoint to deploy the registered version to (created when missing); empty: no deploy.
+            deploy_machine_type: Machine type of the endpoint's replicas, e.g. g2-standard-12.
+            deploy_accelerator_type: GPU type of the endpoint's replicas, e.g. NVIDIA_L4; empty: none.
+            deploy_accelerator_count: GPUs per replica (0 with no GPU type).
+            deploy_min_replicas: Fewest replicas the endpoint scales down to (at least 1).
+            deploy_max_replicas: Most replicas the endpoint scales up to.
+            deploy_traffic_percentage: Share of the endpoint's traffic for the new version: 100 all, less a canary.
+            smoke_test_prompts: Test questions sent through the endpoint after the deploy.
+            smoke_test_min_format_rate: Format rate below which the smoke test fails and rolls the traffic back.
+            undeploy_after_smoke_test: Take the new version off the endpoint after the smoke test (saves GPU cost).
+        """
+        summary = run_summary()
+        with dsl.ExitHandler(summary, name="medgemma-grpo-run"):
+            checked = check(recipe=recipe, recipe_settings=recipe_settings, train_accelerator_type=train_accelerator_type,
+                            train_accelerator_count=train_accelerator_count, train_nodes=train_nodes,
+                            train_on_spot=train_on_spot, eval_accelerator_type=eval_accelerator_type,
+                            eval_accelerator_count=eval_accelerator_count, eval_question_limit=eval_question_limit,
+                            gate_margin=gate_margin, gate_alpha=gate_alpha, registry_uri=registry_uri,
+                            model_display_name=model_display_name, registered_weights=registered_weights,
+                            hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
+                            service_account=service_account, tensorboard=tensorboard)
+            data = prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings, model_id=base_model,
+                           hf_token_secret=hf_token_secret).after(checked)
+            prepared = data.outputs["prepared_data"]
+            baseline = on_gpus(baseline_eval(test_data=prepared, model_id=base_model, recipe=recipe,
+                                             overrides=recipe_settings, limit=eval_question_limit,
+                                             hf_token_secret=hf_token_secret),
+                               eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
+            with dsl.If(checked.output == "one-vm", name="train-on-one-vm"):  # all its GPUs, data parallel when several
+                one_vm = on_gpus(train(prepared_data=prepared, recipe=recipe, model_id=base_model,
+                                       overrides=recipe_settings, serving_mode=registered_weights,
+                                       hf_token_secret=hf_token_secret),
+                                 train_accelerator_type, train_accelerator_count, gpu_task_cpus,
+                                 gpu_task_memory).set_retry(5)
+            with dsl.Else(name="train-as-custom-job"):  # train_nodes VMs, Spot or not
+                custom_job = train_custom_job(
+                    prepared_data=prepared, trainer_image=images.trainer, nodes=train_nodes,
+                    accelerator_type=train_accelerator_type, accelerator_count=train_accelerator_count,
+                    machine_type=train_machine_type, spot=train_on_spot, recipe=recipe, model_id=base_model,
+                    overrides=recipe_settings, serving_mode=registered_weights, hf_token_secret=hf_token_secret,
+                    encryption_key=encryption_key, network=network, service_account=service_account,
+                    tensorboard=tensorboard, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_retry(5)
+            # The branch that ran hands on its model by URI (kfp.local joins branches on parameters, not artifacts).
+            tuned_model = tuned_model_of(model_uri=dsl.OneOf(one_vm.outputs["Output"],
+                                                             custom_job.outputs["Output"])).outputs["tuned_model"]
+            tuned = on_gpus(tuned_eval(test_data=prepared, model_id=base_model, adapter=tuned_model, recipe=recipe,
+                                       overrides=recipe_settings, limit=eval_question_limit,
+                                       hf_token_secret=hf_token_secret),
+                            eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
+            gate = compare(baseline_evaluation=baseline.outputs["evaluation"],
+                           tuned_evaluation=tuned.outputs["evaluation"], margin=gate_margin, alpha=gate_alpha)
+            with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+                registered = register(
+                    model=tuned_model, comparison=gate.outputs["comparison"], registry_uri=registry_uri,
+                    model_name=model_display_name, recipe=recipe, overrides=recipe_settings, base_model=base_model,
+                    data_fingerprint=data.outputs["Output"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    serving_mode=registered_weights, encryption_key=encryption_key,
+                    run_project=RUN_PROJECT if on_vertex else "", run_location=RUN_LOCATION if on_vertex else "")
+                with dsl.If(deploy_endpoint != "", name="deploy-and-smoke-test"):
+                    deployed = deploy(registered_model=registered.outputs["registered_model"],
+                                      endpoint_name=deploy_endpoint, machine_type=deploy_machine_type,
+                                      accelerator_type=deploy_accelerator_type,
+                                      accelerator_count=deploy_accelerator_count,
+                                      min_replica_count=deploy_min_replicas, max_replica_count=deploy_max_replicas,
+                                      traffic_percentage=deploy_traffic_percentage)
+                    smoke_test(deployment=deployed.outputs["deployment"], test_data=prepared, recipe=recipe,
+                               overrides=recipe_settings, prompts=smoke_test_prompts,
+                               min_format_rate=smoke_test_min_format_rate, undeploy_after=undeploy_after_smoke_test)
 
     return medgemma_grpo

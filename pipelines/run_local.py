@@ -3,8 +3,8 @@
 The same pipeline Vertex runs, through kfp.local (SubprocessRunner, this Python environment), with the tiny
 offline Gemma 3 model, the bundled synthetic demo data and the ``tiny-cpu`` recipe. Registration goes to a
 file registry under the pipeline root; the registered model is deployed to a folder endpoint next to it and
-smoke-tested through a real local server (``transformers serve``) unless ``--no-deploy``. Prints the results
-table; ``--summary-json`` writes it as JSON.
+smoke-tested through a real local server (``transformers serve``) unless ``--no-deploy``. Prints the run summary the pipeline's exit task wrote (the same one a
+Vertex run logs); ``--summary-json`` writes it as JSON.
 """
 
 from __future__ import annotations
@@ -52,62 +52,21 @@ def _newest_run_dir(pipeline_root: Path, before: set[Path]) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def _find(run_dir: Path, task: str, name: str) -> Path | None:
-    matches = sorted(run_dir.glob(f"{task}/{name}"))
-    return matches[0] if matches else None
-
-
 def collect_summary(run_dir: Path, wall_seconds: float) -> dict[str, Any]:
-    """Results from the run's output folders (kfp.local lays them out as <run>/<task>/<output>)."""
-    comparison_path = _find(run_dir, "compare-evaluations-component", "comparison")
-    if comparison_path is None:
-        raise UserError(f"the run under {run_dir} wrote no comparison (see the task logs above)")
-    comparison = json.loads(comparison_path.read_text())
-    registration_path = _find(run_dir, "register-model", "registered_model/registration.json")
-    registration = json.loads(registration_path.read_text()) if registration_path else None
-    smoke_path = _find(run_dir, "smoke-test-component", "report/smoke_test.json")
-    smoke = json.loads(smoke_path.read_text()) if smoke_path else None
-    baseline = json.loads((_find(run_dir, "evaluate-model-component", "evaluation") / "metrics.json").read_text())
-    tuned = json.loads((_find(run_dir, "evaluate-model-component-2", "evaluation") / "metrics.json").read_text())
-    return {
-        "baseline_accuracy": comparison["baseline_accuracy"],
-        "baseline_ci": [baseline["ci_low"], baseline["ci_high"]],
-        "tuned_accuracy": comparison["tuned_accuracy"],
-        "tuned_ci": [tuned["ci_low"], tuned["ci_high"]],
-        "delta": comparison["delta"],
-        "delta_ci": [comparison["delta_ci_low"], comparison["delta_ci_high"]],
-        "p_value": comparison["p_value"],
-        "n": comparison["n"],
-        "passes_gate": comparison["passes_gate"],
-        "registered": registration is not None,
-        "registered_at": registration.get("resource_name") if registration else None,
-        "registered_version": registration.get("version") if registration else None,
-        "smoke_test": {key: smoke[key] for key in ("endpoint", "n", "format_rate", "accuracy", "latency_p50_s",
-                                                   "latency_p95_s", "passed")} if smoke else None,
-        "run_dir": str(run_dir),
-        "wall_seconds": round(wall_seconds, 1),
-    }
+    """The summary the pipeline's exit task wrote (the same one a Vertex run logs), plus the wall time."""
+    from components.run_summary.core import SUMMARY_FILE
+
+    summary_file = run_dir / "run-summary" / "summary" / SUMMARY_FILE
+    if not summary_file.is_file():
+        raise UserError(f"the run under {run_dir} wrote no run summary (see the task logs above)")
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    return {**summary, "run_dir": str(run_dir), "wall_seconds": round(wall_seconds, 1)}
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    def ci(bounds: list[float]) -> str:
-        return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
+    from components.run_summary.core import render_summary
 
-    where = f"{summary['registered_at']} (version {summary['registered_version']})" if summary["registered"] else "not registered (gate not passed)"
-    smoke = summary.get("smoke_test")
-    smoke_line = [f"smoke test        {smoke['n']} prompts via a local server: format rate {smoke['format_rate']:.2f}, "
-                  f"accuracy {smoke['accuracy']:.2f}, latency p50 {smoke['latency_p50_s']:.2f} s, "
-                  f"p95 {smoke['latency_p95_s']:.2f} s"] if smoke else []
-    return "\n".join([
-        f"{'':18}{'accuracy':>10}  95% CI",
-        f"{'baseline':18}{summary['baseline_accuracy']:>10.3f}  {ci(summary['baseline_ci'])}",
-        f"{'tuned (GRPO)':18}{summary['tuned_accuracy']:>10.3f}  {ci(summary['tuned_ci'])}",
-        f"{'delta':18}{summary['delta']:>+10.3f}  {ci(summary['delta_ci'])}",
-        f"McNemar p-value   {summary['p_value']:.2e}   (n = {summary['n']} paired questions)",
-        f"registered        {where}",
-        *smoke_line,
-        f"wall time         {summary['wall_seconds']:.0f} s",
-    ])
+    return render_summary(summary) + f"\n{'wall time':18}{summary['wall_seconds']:.0f} s"
 
 
 def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01, deploy: bool = True) -> dict[str, Any]:
@@ -121,10 +80,11 @@ def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01
     pipeline_root = workdir / "pipeline_root"
     pipeline_root.mkdir(parents=True, exist_ok=True)
     model_dir = tiny_model_dir(workdir)
-    # This Python environment runs every task (no venv, no pip): it already holds the package.
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    # This Python environment runs every task (no venv, no pip): it already holds the package. A failed run
+    # is not raised here, so that its summary (written by the exit task) is still printed.
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
     before = set(pipeline_root.iterdir())
-    build_pipeline(DEFAULT_IMAGES)(
+    build_pipeline(DEFAULT_IMAGES, on_vertex=False)(
         base_model=str(model_dir),
         data_source=str(bundled_demo_dir()),
         recipe="tiny-cpu",
@@ -151,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["state"] != "SUCCEEDED":
+        raise UserError(f"the run ended {summary['state']}" + (f" in task {summary['failed_task']}" if summary["failed_task"] else ""))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ The Hugging Face token is never a parameter value: ``--hf-token-secret`` passes 
 *resource name*, which the steps read at run time with the run's service account
 (components/common/secrets.py). A ``--param`` value that looks like a token is refused.
 
+``--encryption-key``, ``--network`` and ``--service-account`` set the PipelineJob's own and also fill the
+template's parameters of the same names (unless ``--param`` gives them), so that the training custom job and the
+registered model get them too. Every other parameter keeps the template's default, as in a console run.
+
 Rerunning: in the Google Cloud console open Vertex AI > Pipelines > Runs, select the run and press
 "Clone" (the form comes filled with the same template, parameters, service account, network and CMEK key;
 change what you need and submit). With caching on, finished steps whose inputs did not change are reused,
@@ -139,7 +143,9 @@ def parse_params(items: list[str], declared: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-REGISTRY_PARAMETER = "registry_uri"
+# Run settings that also steer what the run creates itself (the training custom job, the registered model):
+# submit passes its flag to the PipelineJob and, when the template declares it, to this parameter.
+RUN_SETTING_PARAMETERS = {"encryption_key": "encryption_key", "network": "network", "service_account": "service_account"}
 
 
 def submit(args: argparse.Namespace, *, credentials: Any = None) -> Any:
@@ -155,9 +161,10 @@ def submit(args: argparse.Namespace, *, credentials: Any = None) -> Any:
     split_gcs_uri(args.pipeline_root, "--pipeline-root")
     declared = declared_parameters(spec)
     parameter_values = parse_params(args.param, declared)
-    if REGISTRY_PARAMETER in declared and REGISTRY_PARAMETER not in parameter_values:
-        # The template's "vertex://" default means "this run's project and region": say which, here.
-        parameter_values[REGISTRY_PARAMETER] = f"vertex://projects/{args.project}/locations/{args.region}"
+    for flag, parameter in RUN_SETTING_PARAMETERS.items():
+        value = getattr(args, flag)
+        if value and parameter in declared and parameter not in parameter_values:
+            parameter_values[parameter] = value
     if args.hf_token_secret:
         if HF_TOKEN_SECRET_PARAMETER not in declared:
             raise UserError(f"--hf-token-secret: the template declares no {HF_TOKEN_SECRET_PARAMETER} parameter")

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-STEPS = ["data_prep", "grpo_train", "evaluate", "compare", "register", "deploy", "tiny_model", "demo_data"]
+STEPS = ["data_prep", "grpo_train", "evaluate", "compare", "register", "deploy", "tiny_model", "demo_data",
+         "preflight", "run_summary"]
 
 
 @pytest.mark.parametrize("step", STEPS)

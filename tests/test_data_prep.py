@@ -557,7 +557,7 @@ def test_kfp_wrapper_writes_every_artifact(tmp_path, tiny_processor):
     splits["train"][0]["answer_idx"] = "Z"
     src = write_source(tmp_path / "src", splits)
     artifacts = {name: FakeArtifact(tmp_path / "artifacts" / name) for name in WRAPPER_OUTPUTS}
-    prepare_medqa_component(
+    fingerprint = prepare_medqa_component(
         **artifacts,
         source=str(src),
         recipe="tiny-cpu",
@@ -565,6 +565,9 @@ def test_kfp_wrapper_writes_every_artifact(tmp_path, tiny_processor):
         max_reject_rate=0.1,
     )
     prepared = Path(artifacts["prepared_data"].path)
+    from components.data_prep.outputs import data_fingerprint
+
+    assert fingerprint == data_fingerprint(prepared) == artifacts["prepared_data"].metadata["fingerprint"]
     assert {p.name for p in prepared.iterdir()} == {
         "train.jsonl",
         "validation.jsonl",
@@ -596,5 +599,5 @@ def test_kfp_wrapper_compiles_with_its_outputs():
 
     component = dsl.component(prepare_medqa_component, base_image="python:3.11", install_kfp_package=False)
     spec = component.component_spec
-    assert set(WRAPPER_OUTPUTS) == set(spec.outputs)
+    assert set(WRAPPER_OUTPUTS) | {"Output"} == set(spec.outputs)  # Output: the data fingerprint
     assert spec.inputs["tokenizer_model"].optional and spec.inputs["hf_token_secret"].default == ""

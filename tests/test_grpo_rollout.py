@@ -49,8 +49,8 @@ def test_generation_fuses_projections_only_where_they_compute_a_plain_matmul(tin
     projections are plain, and the fused weights built inside the merge are the merged ones."""
     import torch
 
-    from components.common.generation import (_FusedProjections, fusable_projections, fused_weight_bytes,
-                                              stacked_copy_bytes)
+    from components.generator.projections import (FusedProjections, fusable_projections, fused_weight_bytes,
+                                                  stacked_copy_bytes)
     from components.grpo_train.rollout import merged_lora_weights
 
     peft_model = _peft_tiny(tiny_model_dir)
@@ -61,7 +61,7 @@ def test_generation_fuses_projections_only_where_they_compute_a_plain_matmul(tin
         groups = fusable_projections(language_model)
         assert len(groups) == len(language_model.layers)
         merged_q = attention.q_proj.get_base_layer().weight.detach().clone()
-        fused = _FusedProjections(*groups[0])
+        fused = FusedProjections(*groups[0])
         # The merge stacks q, k and v (and gate, up) in one tensor: the generator takes them as they lie.
         assert fused_weight_bytes(groups) == 0
         assert fused.weight.data_ptr() == attention.q_proj.get_base_layer().weight.data_ptr()
@@ -146,19 +146,19 @@ def test_unmerged_rollout_gets_the_lora_input_casts_back(tiny_model_dir, monkeyp
 
 
 def test_train_grpo_through_the_static_graph_rollout(tiny_model_dir, prepared_demo_dir, tmp_path, monkeypatch):
-    from components.common import generation
+    from components.generator import engine
     from components.grpo_train.core import train_grpo
     from components.grpo_train.job import TrainingJob
 
     decode_layers_built = []
-    build = generation.StaticBatchGenerator._decode_layers
+    build = engine.StaticBatchGenerator._decode_layers
 
     def recording_build(self):
         layers = build(self)
         decode_layers_built.append(len(layers))
         return layers
 
-    monkeypatch.setattr(generation.StaticBatchGenerator, "_decode_layers", recording_build)
+    monkeypatch.setattr(engine.StaticBatchGenerator, "_decode_layers", recording_build)
     out = tmp_path / "train"
     outcome = train_grpo(TrainingJob.build(
         "tiny-cpu", prepared_demo_dir, out, model=tiny_model_dir, show_progress=False, rollout="static-graph",

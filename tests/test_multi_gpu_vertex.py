@@ -334,48 +334,50 @@ def test_node_count_parameter_defaults_to_one_vm(compiled):
     assert parameters["train_nodes"]["defaultValue"] == 1
     assert parameters["train_machine_type"]["defaultValue"] == ""
     tasks = _sub_dag_tasks(compiled)
-    one_vm, several = tasks["condition-2"][1], tasks["condition-3"][1]
+    one_vm, several = tasks["condition-3"][1], tasks["condition-4"][1]
+    # check-parameters returns "one-vm" unless train_nodes > 1 or train_on_spot (tests/test_preflight.py)
     assert one_vm["taskInfo"]["name"] == "train-on-one-vm"
-    assert one_vm["triggerPolicy"]["condition"] == "int(inputs.parameter_values['pipelinechannel--train_nodes']) == 1"
-    assert several["taskInfo"]["name"] == "train-on-several-vms"
-    assert several["triggerPolicy"]["condition"].startswith("!(") and "train_nodes" in several["triggerPolicy"]["condition"]
+    assert one_vm["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--check-parameters-Output'] == 'one-vm'")
+    assert several["taskInfo"]["name"] == "train-as-custom-job"
+    assert several["triggerPolicy"]["condition"] == "!(" + one_vm["triggerPolicy"]["condition"] + ")"
 
 
 def test_one_vm_branch_trains_on_the_gpu_task_and_several_vms_branch_launches_from_the_base_image(compiled):
     executors = compiled["deploymentSpec"]["executors"]
-    one_vm = executors["exec-grpo-train-component"]["container"]
+    one_vm = executors["exec-train"]["container"]
     assert one_vm["image"] == TRAINER_IMAGE
     assert one_vm["resources"]["accelerator"]["resourceCount"] == \
         "{{$.inputs.parameters['pipelinechannel--train_accelerator_count']}}"
-    launcher = executors["exec-grpo-train-multinode-component"]["container"]
+    launcher = executors["exec-train-custom-job"]["container"]
     assert launcher["image"] == BASE_IMAGE and "resources" not in launcher  # it only submits and waits
-    task = _sub_dag_tasks(compiled)["grpo-train-multinode-component"][1]
+    task = _sub_dag_tasks(compiled)["train-custom-job"][1]
     parameters = task["inputs"]["parameters"]
     assert parameters["trainer_image"]["runtimeValue"]["constant"] == TRAINER_IMAGE
     assert parameters["nodes"]["componentInputParameter"] == "pipelinechannel--train_nodes"
     assert parameters["accelerator_count"]["componentInputParameter"] == "pipelinechannel--train_accelerator_count"
     assert parameters["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
-    defaults = compiled["components"]["comp-grpo-train-multinode-component"]["inputDefinitions"]["parameters"]
+    defaults = compiled["components"]["comp-train-custom-job"]["inputDefinitions"]["parameters"]
     assert defaults["project"]["defaultValue"] == "{{$.pipeline_google_cloud_project_id}}"
     assert defaults["location"]["defaultValue"] == "{{$.pipeline_google_cloud_location}}"
 
 
 def test_downstream_steps_take_the_tuned_model_of_whichever_branch_ran(compiled):
     """Each branch returns its model's URI; the one that ran becomes the Model artifact later steps read."""
-    oneof = compiled["components"]["comp-condition-branches-1"]["dag"]["outputs"]["parameters"]
+    oneof = compiled["components"]["comp-condition-branches-2"]["dag"]["outputs"]["parameters"]
     ((oneof_key, selectors),) = oneof.items()
     assert [s["producerSubtask"] for s in selectors["valueFromOneof"]["parameterSelectors"]] == [
-        "condition-2", "condition-3"]
+        "condition-3", "condition-4"]
     tasks = _sub_dag_tasks(compiled)
-    join = tasks["tuned-model-from-uri"][1]
+    join = tasks["tuned-model"][1]
     assert join["inputs"]["parameters"]["model_uri"]["taskOutputParameter"] == {
-        "outputParameterKey": oneof_key, "producerTask": "condition-branches-1"}
-    assert compiled["deploymentSpec"]["executors"]["exec-tuned-model-from-uri"]["container"]["image"] == BASE_IMAGE
-    from_join = {"outputArtifactKey": "tuned_model", "producerTask": "tuned-model-from-uri"}
-    tuned_eval = tasks["evaluate-model-component-2"][1]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"]
+        "outputParameterKey": oneof_key, "producerTask": "condition-branches-2"}
+    assert compiled["deploymentSpec"]["executors"]["exec-tuned-model"]["container"]["image"] == BASE_IMAGE
+    from_join = {"outputArtifactKey": "tuned_model", "producerTask": "tuned-model"}
+    tuned_eval = tasks["tuned-eval"][1]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"]
     assert tuned_eval == from_join
-    register = tasks["register-model"][1]["inputs"]["artifacts"]["model"]["componentInputArtifact"]
-    assert tasks["condition-4"][1]["inputs"]["artifacts"][register]["taskOutputArtifact"] == from_join
+    register = tasks["register"][1]["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    assert tasks["condition-5"][1]["inputs"]["artifacts"][register]["taskOutputArtifact"] == from_join
 
 
 def test_every_sub_dag_input_a_task_reads_is_defined(compiled):

@@ -323,3 +323,32 @@ def test_serving_flags_come_from_the_recipe_and_its_overrides(tmp_path):
     container = manifest["serving_container"]
     assert "--max-model-len=8192" in container["args"] and "--gpu-memory-utilization=0.9" in container["args"]
     assert (container["shared_memory_size_mb"], container["deployment_timeout_s"]) == (16384, 3600)
+
+
+def test_vertex_default_resolves_to_the_runs_own_project_and_region():
+    from components.register.core import resolve_registry_uri
+
+    assert resolve_registry_uri("vertex://", "p1", "europe-west4") == "vertex://projects/p1/locations/europe-west4"
+    assert resolve_registry_uri("vertex://projects/p2/locations/us-east1", "p1", "x") == (
+        "vertex://projects/p2/locations/us-east1")
+    assert resolve_registry_uri("/tmp/registry", "", "") == "/tmp/registry"
+
+
+@pytest.mark.parametrize(("project", "location"), [("", ""), ("{{$.pipeline_google_cloud_project_id}}", "us-east1")])
+def test_vertex_default_outside_vertex_says_what_to_give(project, location):
+    from components.register.core import resolve_registry_uri
+
+    with pytest.raises(UserError, match="registry_uri 'vertex://' means this run's own project and region"):
+        resolve_registry_uri("vertex://", project, location)
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("", "registry_uri must not be empty"),
+    ("gs://bucket/registry", "registry_uri: a gs:// registry is not supported"),
+    ("vertex://projects/p1", "registry_uri must look like vertex://projects/PROJECT/locations/REGION"),
+])
+def test_registry_uri_of_the_wrong_form_is_refused(uri, message):
+    from components.register.core import check_registry_uri
+
+    with pytest.raises(UserError, match=message):
+        check_registry_uri(uri)

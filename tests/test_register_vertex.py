@@ -271,3 +271,29 @@ def test_kfp_wrapper_stages_local_files_under_its_output_in_the_pipeline_root(ve
     assert returned == f"projects/{PROJECT}/locations/{LOCATION}/models/1000@1"
     assert registered.metadata["resource_name"] == returned
     assert json.loads((Path(registered.path) / "registration.json").read_text())["version"] == "1"
+
+
+def test_cmek_key_reaches_the_model_upload(vertex, gcs, tmp_path, model_dir):
+    key = f"projects/{PROJECT}/locations/{LOCATION}/keyRings/ml/cryptoKeys/models"
+    register(vertex, tmp_path, model_dir, "run-cmek", encryption_key=key)
+    [upload] = uploads(vertex)
+    assert upload["encryptionSpec"] == {"kmsKeyName": key}
+
+
+def test_without_a_key_the_upload_asks_for_no_cmek(vertex, gcs, tmp_path, model_dir):
+    register(vertex, tmp_path, model_dir, "run-google-managed")
+    [upload] = uploads(vertex)
+    assert "encryptionSpec" not in upload
+
+
+def test_data_fingerprint_is_a_label_of_the_version(vertex, gcs, tmp_path, model_dir):
+    from components.data_prep.outputs import data_fingerprint
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    for split in ("train", "validation", "test"):
+        (prepared / f"{split}.jsonl").write_text(json.dumps({"id": split}) + "\n")
+    fingerprint = data_fingerprint(prepared)
+    register(vertex, tmp_path, model_dir, "run-fingerprint", data_fingerprint=fingerprint)
+    [upload] = uploads(vertex)
+    assert upload["labels"]["data_fingerprint"] == fingerprint

@@ -1,7 +1,7 @@
 """pipelines/submit.py against loopback servers: the Vertex REST stand-in and gcp-storage-emulator.
 
-The template is the real compiled pipeline when pipelines/compile.py exists, else a small pipeline with
-the same kinds of parameters compiled here.
+Most tests submit a small pipeline with the same kinds of parameters, compiled here; the last one submits the
+real compiled pipeline.
 """
 
 import json
@@ -19,9 +19,9 @@ from google.auth.credentials import AnonymousCredentials
 
 from components.common.secrets import read_secret
 
+from pipelines import submit as submit_module
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "pipelines"))
-import submit as submit_module  # noqa: E402  (pipelines/submit.py is a script, not a package module)
 
 PROJECT, REGION, BUCKET = "test-project", "europe-west4", "runs-bucket"
 SECRET = f"projects/{PROJECT}/secrets/hf-token"
@@ -230,14 +230,13 @@ def test_token_never_appears_in_logs_yaml_or_submitted_parameters(vertex, templa
 
 def test_real_compiled_pipeline_submits_without_token_or_question_text(vertex, tmp_path, monkeypatch, caplog, capsys):
     """The shipped template: compiled with a token in the environment, it holds neither the token nor any
-    question text, declares the secret-name parameter, and is submitted unchanged."""
-    compile_script = REPO_ROOT / "pipelines" / "compile.py"
-    if not compile_script.is_file():
-        pytest.skip("pipelines/compile.py not written yet (pipeline lead); the small template covers submit")
+    question text, declares the secret-name parameter, and is submitted with the template's own defaults (no
+    parameter patched in); the run settings reach the parameters of the same names."""
     output = tmp_path / "medgemma_grpo_pipeline.yaml"
     env = {**__import__("os").environ, "HF_TOKEN": TOKEN}
-    subprocess.run([sys.executable, str(compile_script), "--output", str(output), "--base-image", "base:test",
-                    "--trainer-image", "trainer:test"], check=True, env=env, cwd=REPO_ROOT, capture_output=True)
+    subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "compile.py"), "--output", str(output),
+                    "--base-image", "base:test", "--trainer-image", "trainer:test"],
+                   check=True, env=env, cwd=REPO_ROOT, capture_output=True)
     text = output.read_text()
     questions = [json.loads(line)["question"] for line in
                  (REPO_ROOT / "components" / "demo_data" / "test.jsonl").read_text().splitlines()[:20]]
@@ -247,12 +246,16 @@ def test_real_compiled_pipeline_submits_without_token_or_question_text(vertex, t
     assert submit_module.HF_TOKEN_SECRET_PARAMETER in declared
 
     with caplog.at_level(logging.DEBUG):
-        run_submit(vertex, output, "--hf-token-secret", SECRET)
+        run_submit(vertex, output, "--hf-token-secret", SECRET, "--encryption-key", CMEK, "--network", NETWORK,
+                   "--service-account", SERVICE_ACCOUNT)
     job = created_job(vertex).body
     assert job["pipelineSpec"]["root"] == yaml.safe_load(text)["root"]
-    # The template's registry default ("vertex://": this run's project and region) is filled in by submit.
     assert job["runtimeConfig"]["parameterValues"] == {
         "hf_token_secret": f"{SECRET}/versions/latest",
-        "registry_uri": f"vertex://projects/{PROJECT}/locations/{REGION}",
+        "encryption_key": CMEK,
+        "network": NETWORK,
+        "service_account": SERVICE_ACCOUNT,
     }
+    assert job["encryptionSpec"] == {"kmsKeyName": CMEK} and job["network"] == NETWORK
+    assert job["serviceAccount"] == SERVICE_ACCOUNT
     assert TOKEN not in json.dumps(job) + caplog.text + capsys.readouterr().out

@@ -56,7 +56,8 @@ class RewardSpec:
 
 @dataclass
 class EvalSpec:
-    """The notebook's protocol by default: sampling at T=0.7, top-p 0.9, 512 new tokens, fixed seed."""
+    """The notebook's sampling protocol by default, with a fixed seed: the one place for these values (recipes
+    state only what differs; the evaluate step hands them to the generator as ``SamplingSettings``)."""
 
     do_sample: bool = True
     temperature: float = 0.7
@@ -67,6 +68,14 @@ class EvalSpec:
     batch_size: int = 0  # 0: chosen from free memory
     backend: str = "auto"
     liger_kernels: bool = False  # Liger's fused Gemma kernels in the transformers path, on GPUs (ignored on CPU)
+
+    def decoding(self, top_k: int) -> dict[str, Any]:
+        """The decoding a metrics file records, whichever backend generated; ``top_k`` is the model's."""
+        decoding: dict[str, Any] = {"do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+                                    "samples_per_question": self.samples_per_question}
+        if self.do_sample:
+            decoding.update({"temperature": self.temperature, "top_p": self.top_p, "top_k": top_k})
+        return decoding
 
 
 @dataclass

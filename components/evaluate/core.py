@@ -179,19 +179,6 @@ def evaluate_model(
     return metrics
 
 
-def _decoding_settings(spec, top_k: int) -> dict[str, Any]:
-    e = spec.evaluation
-    decoding: dict[str, Any] = {
-        "do_sample": e.do_sample,
-        "max_new_tokens": e.max_new_tokens,
-        "seed": e.seed,
-        "samples_per_question": e.samples_per_question,
-    }
-    if e.do_sample:
-        decoding.update({"temperature": e.temperature, "top_p": e.top_p, "top_k": top_k})
-    return decoding
-
-
 def _eos_ids(model, tokenizer) -> list[int]:
     """EOS ids of the model's generation config (Gemma: <eos> and <end_of_turn>), else the tokenizer's."""
     eos = getattr(model.generation_config, "eos_token_id", None)
@@ -209,11 +196,11 @@ def _generate_with_vllm(model_id, adapter, prompts, tokenizer, spec) -> tuple[li
          for text, r in zip(tokenizer.batch_decode([r["token_ids"] for r in sample], skip_special_tokens=True), sample)]
         for sample in samples
     ]
-    return completions, _decoding_settings(spec, top_k)
+    return completions, spec.evaluation.decoding(top_k)
 
 
 def _generate_with_transformers(model_id, adapter, prompts, tokenizer, spec) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-    from components.common.generation import SamplingSettings, generate_completions
+    from components.generator import SamplingSettings, generate_completions
 
     e = spec.evaluation
     model = load_model(model_id, dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation, adapter=adapter)
@@ -235,7 +222,7 @@ def _generate_with_transformers(model_id, adapter, prompts, tokenizer, spec) -> 
         samples.append(
             [{"completion": text.strip(), "truncated": r.truncated, "tokens": len(r.token_ids)} for text, r in zip(texts, results)]
         )
-    decoding = _decoding_settings(spec, top_k)
+    decoding = e.decoding(top_k)
     decoding["batch_size"] = e.batch_size or "auto"
     return samples, decoding
 

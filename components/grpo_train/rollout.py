@@ -1,12 +1,10 @@
-"""GRPO completions through our static-cache CUDA-graph generator instead of TRL's ``model.generate``.
+"""GRPO completions through our generator (``components.generator``) instead of TRL's ``model.generate``.
 
 TRL without vLLM samples a step's completions with ``generate``, which on a 4B Gemma 3 is bound by host-side
-kernel launches (~95 ms a decode step, batch 64 or 256 alike). Here the same sampling (temperature, top-p,
-top-k, the image token suppressed) runs through ``components.common.generation``: one pass for every
-completion of the step, the decode step replayed as a CUDA graph, over LoRA-merged copies of the language
-model's weights (H100, 256 x 512 tokens: 30.6 s a rollout with the adapters unmerged in the graph, ~476
-small fp32 matmuls more per decode step; 24.3 s merged). The copies cost ~6.4 GB during the rollout only;
-the trained weights are never touched (no bf16 merge/unmerge drift).
+kernel launches. Here the same sampling (temperature, top-p, top-k, the image token suppressed) runs through
+the generator's one entry point: one pass for every completion of the step, over LoRA-merged copies of the
+language model's weights (live adapters would add many small fp32 matmuls to every decode step). The copies
+exist during the rollout only; the trained weights are never touched (no bf16 merge/unmerge drift).
 
 Plugged into ``GRPOTrainer(rollout_func=...)``; TRL still scores, computes reference log-probs and the loss.
 """
@@ -17,7 +15,7 @@ import contextlib
 import logging
 import time
 
-from components.common.generation import FUSED_PROJECTIONS, GATE_UP  # a light import: torch loads inside functions
+from components.generator import STACKED_PROJECTIONS, SamplingSettings, generate_completions  # torch loads inside functions
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +33,12 @@ def unsupported_reason(config) -> str | None:
     return None
 
 
-# Sibling projections whose merged weights go into one tensor, stacked by rows: the generator reads q/k/v as one
-# matmul (and gate/up in the decode step) and then takes them as they lie instead of copying them.
-STACKED_SIBLINGS = FUSED_PROJECTIONS + (GATE_UP,)
-
-
 @contextlib.contextmanager
 def merged_lora_weights(peft_model):
     """Inside: adapters off and each LoRA linear of the language model computing with W + scaling * B @ A.
 
     The merged weights are new tensors (fp32 sum, one rounding to the weight dtype), siblings of
-    ``STACKED_SIBLINGS`` stacked in one; the originals are put back on exit. Yields False (and changes nothing)
+    ``STACKED_PROJECTIONS`` stacked in one; the originals are put back on exit. Yields False (and changes nothing)
     where an adapter is not a plain LoRA linear (DoRA, ...).
     """
     import torch
@@ -86,12 +79,12 @@ def _merged_weight(layer, base):
 
 
 def _merge_groups(language_model, lora_layers: list) -> list[list]:
-    """The LoRA layers to merge, in groups: each decoder layer's ``STACKED_SIBLINGS`` where all of a group are
+    """The LoRA layers to merge, in groups: each decoder layer's ``STACKED_PROJECTIONS`` where all of a group are
     LoRA layers of one input size, dtype and device; every other layer alone."""
     ids = {id(layer) for layer in lora_layers}
     groups, grouped = [], set()
     for decoder_layer in getattr(language_model, "layers", ()):
-        for parent_name, names in STACKED_SIBLINGS:
+        for parent_name, names in STACKED_PROJECTIONS:
             parent = getattr(decoder_layer, parent_name, None)
             members = [getattr(parent, name, None) for name in names]
             if any(id(m) not in ids for m in members):
@@ -151,14 +144,12 @@ class StaticGraphRollout:
 
     def __init__(self, config, *, batch_size: int = 0):
         self.config = config
-        self.batch_size = batch_size  # 0: from free memory (a 40 GB card splits the step into a few passes)
+        self.batch_size = batch_size  # 0: from free memory (a smaller card splits the step into a few passes)
         self.seconds: list[float] = []  # wall time of each call, for the training summary
         self.phase_seconds: list[dict[str, float]] = []  # each call's merge / capture / prefill / decode seconds
 
     def _settings(self, trainer):
         from transformers import ProcessorMixin
-
-        from components.common.generation import SamplingSettings
 
         c = self.config
         suppressed = ()
@@ -171,8 +162,6 @@ class StaticGraphRollout:
     def __call__(self, prompts: list, trainer) -> dict:
         import torch
         from peft import PeftModel
-
-        from components.common.generation import generate_completions
 
         # TRL's own tokenization (chat template, VLM content blocks), so prompt ids match its generate path.
         prompt_ids, images, _ = trainer._tokenize_prompts(prompts)

@@ -18,13 +18,18 @@ def register_model(
     serving_mode: str = "merged",
     overrides: list = [],  # noqa: B006 (recipe "section.field=value" overrides: the serving flags)
     serving_image: str = "",
+    encryption_key: str = "",
+    run_project: str = "",
+    run_location: str = "",
     api_endpoint: str = "",
 ) -> str:
     """Register the tuned model as a new version; returns its resource name (Vertex) or folder (file registry).
 
-    registry_uri: a folder (file registry) or vertex://projects/P/locations/L. pipeline_run: pass
+    registry_uri: a folder (file registry), vertex://projects/P/locations/L, or vertex:// for the run's own
+    ``run_project`` and ``run_location`` (the pipeline passes Vertex's placeholders for them). pipeline_run: pass
     dsl.PIPELINE_JOB_NAME_PLACEHOLDER so a retried task finds the version it made. Local model files are
-    copied under this task's output (inside the pipeline root) before a Vertex upload.
+    copied under this task's output (inside the pipeline root) before a Vertex upload. encryption_key: CMEK
+    for the uploaded model (empty: Google-managed).
     """
     import json
     import logging
@@ -32,13 +37,14 @@ def register_model(
 
     from components.register.core import DEFAULT_VLLM_IMAGE
     from components.register.core import register_model as register
+    from components.register.core import resolve_registry_uri
 
     logging.basicConfig(level=logging.INFO)
     staging_uri = registered_model.uri + "/model" if registered_model.uri.startswith("gs://") else None
     result = register(
         model.path,  # on Vertex a /gcs/ FUSE path, which the core maps back to gs:// (no second copy)
         comparison.path,
-        registry_uri,
+        resolve_registry_uri(registry_uri, run_project, run_location),
         model_name=model_name,
         base_model=base_model,
         recipe=recipe,
@@ -49,6 +55,7 @@ def register_model(
         serving_image=serving_image or DEFAULT_VLLM_IMAGE,
         staging_uri=staging_uri,
         api_endpoint=api_endpoint or None,
+        encryption_key=encryption_key or None,
     )
     registered_model.metadata.update(
         {"resource_name": result.resource_name, "version": result.version, "aliases": result.aliases,

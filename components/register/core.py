@@ -199,18 +199,17 @@ def register_model(
     serving_image: str = DEFAULT_VLLM_IMAGE,
     staging_uri: str | None = None,
     api_endpoint: str | None = None,
+    encryption_key: str | None = None,
     credentials: Any = None,
 ) -> RegisteredModel:
     """Register ``model_dir`` as a new version of ``model_name`` (or return the version this run made).
 
     ``passed_gate`` defaults to comparison.json's ``passes_gate``. The serving flags come from the recipe's
-    ``serving`` section (with ``recipe_overrides``). ``staging_uri`` (gs://, e.g. under the
-    pipeline root) is the folder local model files are copied to before a Vertex upload.
+    ``serving`` section (with ``recipe_overrides``). ``staging_uri`` (gs://, e.g. under the pipeline root) is
+    the folder local model files are copied to before a Vertex upload. ``encryption_key``: the Cloud KMS key
+    (CMEK) the uploaded Vertex model is encrypted with.
     """
-    if not model_name or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", model_name):
-        raise UserError(
-            f"model_name must be 1-128 letters, digits, '_', '-', '.' starting with a letter/digit, got {model_name!r}"
-        )
+    check_model_name(model_name)
     if not pipeline_run.strip():
         raise UserError("pipeline_run must not be empty (it makes a retried registration idempotent)")
     if not base_model:
@@ -249,14 +248,11 @@ def register_model(
     if registry_uri.startswith(VERTEX_SCHEME):
         project, location = parse_vertex_registry_uri(registry_uri)
         result = _register_on_vertex(
-            request, project, location, staging_uri=staging_uri, api_endpoint=api_endpoint, credentials=credentials
-        )
-    elif gcs.is_gcs_uri(registry_uri):
-        raise UserError(
-            "registry_uri: a gs:// registry is not supported; use a local folder (a /gcs/ FUSE path works on "
-            "Vertex) or vertex://projects/P/locations/L"
+            request, project, location, staging_uri=staging_uri, api_endpoint=api_endpoint,
+            encryption_key=encryption_key, credentials=credentials,
         )
     else:
+        check_registry_uri(registry_uri)
         result = _register_in_folder(request, Path(registry_uri))
     logger.info(
         "registered %s version %s (%s) aliases=%s created=%s",
@@ -269,11 +265,44 @@ def register_model(
     return result
 
 
+def resolve_registry_uri(registry_uri: str, run_project: str = "", run_location: str = "") -> str:
+    """``registry_uri`` with the pipeline's default ``vertex://`` made ``vertex://projects/P/locations/L`` from
+    the run's own project and region (Vertex fills ``run_project``/``run_location`` in; kfp.local cannot)."""
+    if registry_uri.strip() != VERTEX_SCHEME:
+        check_registry_uri(registry_uri)
+        return registry_uri
+    if not run_project or not run_location or "{{" in run_project + run_location:
+        raise UserError("registry_uri 'vertex://' means this run's own project and region, which only Vertex AI "
+                        "Pipelines supplies: give a folder or vertex://projects/P/locations/L")
+    return f"{VERTEX_SCHEME}projects/{run_project}/locations/{run_location}"
+
+
+def check_registry_uri(registry_uri: str) -> None:
+    """Refuse a ``registry_uri`` of the wrong form before any work: empty, ``gs://``, or a malformed vertex:// one."""
+    if not registry_uri.strip():
+        raise UserError("registry_uri must not be empty: give a folder, vertex:// or vertex://projects/P/locations/L")
+    if registry_uri.strip() == VERTEX_SCHEME:
+        return
+    if registry_uri.startswith(VERTEX_SCHEME):
+        parse_vertex_registry_uri(registry_uri)
+    elif gcs.is_gcs_uri(registry_uri):
+        raise UserError(
+            "registry_uri: a gs:// registry is not supported; use a local folder (a /gcs/ FUSE path works on "
+            "Vertex) or vertex://projects/P/locations/L"
+        )
+
+
+def check_model_name(model_name: str, parameter: str = "model_name") -> None:
+    if not model_name or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", model_name):
+        raise UserError(
+            f"{parameter} must be 1-128 letters, digits, '_', '-', '.' starting with a letter/digit, got {model_name!r}"
+        )
+
+
 def parse_vertex_registry_uri(registry_uri: str) -> tuple[str, str]:
     if registry_uri == VERTEX_SCHEME:
-        # The pipeline's default: pipelines/submit.py replaces it with the run's own project and region.
         raise UserError("registry_uri 'vertex://' names no project: give vertex://projects/P/locations/L "
-                        "(pipelines/submit.py fills it in from --project and --region)")
+                        "(in a pipeline run the register step fills in the run's own)")
     match = _VERTEX_LOCATION.match(registry_uri[len(VERTEX_SCHEME) :])
     if not match:
         raise UserError(f"registry_uri must look like vertex://projects/PROJECT/locations/REGION, got {registry_uri!r}")
@@ -415,6 +444,7 @@ def _register_on_vertex(
     *,
     staging_uri: str | None,
     api_endpoint: str | None,
+    encryption_key: str | None,
     credentials: Any,
 ) -> RegisteredModel:
     from google.cloud import aiplatform
@@ -463,6 +493,7 @@ def _register_on_vertex(
         version_description=f"pipeline run {request.pipeline_run}",
         description=request.description,
         labels=request.labels,
+        encryption_spec_key_name=encryption_key or None,
     )
     _import_evaluation_once(model, request)
     return _vertex_result(model, created=True)

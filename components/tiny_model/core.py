@@ -69,6 +69,20 @@ TEXT_SIZES = dict(
     max_position_embeddings=2048,
     sliding_window=512,
 )
+# The real 4B text tower (google/medgemma-4b-it, google/gemma-3-4b-it), for benchmarks that build it at random.
+GEMMA3_4B_TEXT = dict(
+    hidden_size=2560,
+    intermediate_size=10240,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    vocab_size=262_208,
+    query_pre_attn_scalar=256,
+    sliding_window=1024,
+    max_position_embeddings=131_072,
+    rope_scaling={"rope_type": "linear", "factor": 8.0},
+)
 VISION_SIZES = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
 )

@@ -1,11 +1,9 @@
-"""Fast batched generation on the transformers model: static KV cache, one CUDA graph per decode step.
+"""The generator's engine: batched generation over a static KV cache, each decode step one CUDA graph replay.
 
-Shared by the evaluate step and the training step's rollouts (GRPO completions).
-
-Why not ``model.generate``: on a 4B Gemma 3 each decode step launches ~1,000 small kernels, so the host
-(not the GPU) sets the pace (~95 ms a step at batch 64 and 256 alike); ``generate`` adds its own per-step
-Python. Here the whole decode step (34 layers, sampling, EOS bookkeeping, mask update) is captured once
-in a CUDA graph over a static cache and replayed, so a step costs what the GPU needs.
+Why not ``model.generate``: each decode step of a 4B Gemma 3 launches many small kernels, so the host (not
+the GPU) sets the pace, whatever the batch; ``generate`` adds its own per-step Python. Here the whole decode
+step (every layer, sampling, EOS bookkeeping, mask update) is captured once in a CUDA graph over a static
+cache and replayed, so a step costs what the GPU needs.
 
 The loop is plain PyTorch over the model's own modules (``language_model`` + ``lm_head``), with masks built
 here and passed as Gemma 3's per-layer-type dict of additive biases (so the model builds none, and sdpa
@@ -15,10 +13,7 @@ matmul (``FUSED_PROJECTIONS``). The prefill attends only to the part of the cach
 decode step uses sdpa's mem-efficient kernel (``DECODE_ATTENTION_BACKENDS``) and, in the training rollout, runs
 each decoder layer through ``decode_layer.DecodeLayer`` (the layer's small ops fused by torch.compile, gate/up as
 one matmul). On CPU the same step runs eagerly: the unit tests check it token for token against
-``model.generate`` (greedy).
-
-Sampling follows ``generate``'s order: temperature, then top-k, then top-p; a token is drawn by the
-exponential race (argmax of p / Exp(1)), which is exact and needs no host synchronisation.
+``model.generate`` (greedy). Sampling is ``sampling.Sampler``'s, inside the graph.
 """
 
 from __future__ import annotations
@@ -33,34 +28,20 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from components.generator import decode_layer
+from components.generator.memory import PREFILL_TOKENS, auto_batch_size, free_device_bytes, head_dim, sampling_bytes_per_row
+from components.generator.projections import FUSED_PROJECTIONS, FusedProjections, fusable_projections, fused_weight_bytes
+from components.generator.sampling import Sampler, SamplingSettings
+
 log = logging.getLogger(__name__)
 
-# Upper bound for the batch size chosen from free memory: past it the static cache read per step, not the
-# number of steps, sets the time (see docs/performance.md).
-MAX_AUTO_BATCH = 512
-CPU_BATCH = 8
-# Tokens per prefill forward (rows x positions): bounds prefill activations whatever the batch.
-PREFILL_TOKENS = 65_536
 # How often the host checks whether every row has finished (a sync; cheap at this interval).
 FINISH_CHECK_EVERY = 16
-# sdpa kernels for the captured decode step, first choice first (the first that can take the step is used
-# alone): one query per row against the whole static cache, under a mask. The mem-efficient kernel took
-# 20.8 ms a step where cuDNN's (the default) took 27.5 (H200, 256 rows, 838-token cache; now measured by
-# bench/bench_decode_step.py --backends).
+# sdpa kernels for the captured decode step, the first that takes it used alone: for one query a row against the
+# whole cache under a mask, mem-efficient beats cuDNN's default (bench/bench_decode_step.py --backends).
 DECODE_ATTENTION_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH")
 # How sdpa says that no enabled backend takes the call (CUDA, CPU).
 NO_ATTENTION_KERNEL = ("No available kernel", "No viable backend")
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    do_sample: bool = True
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 0  # 0: no top-k
-    max_new_tokens: int = 512
-    # Never sampled (TRL suppresses Gemma's image token in completions).
-    suppress_token_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -69,58 +50,11 @@ class GeneratedSequence:
     truncated: bool  # no EOS within max_new_tokens
 
 
-def _head_dim(text_config) -> int:
-    return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-
-
 def attention_kernel(name: str | None):
     """Context: sdpa runs only this backend (an ``SDPBackend`` name); None: as the caller has set it."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, name)) if name else contextlib.nullcontext()
-
-
-def kv_bytes_per_token(text_config, dtype_bytes: int) -> int:
-    head_dim = _head_dim(text_config)
-    return 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * head_dim * dtype_bytes
-
-
-def auto_batch_size(model, *, cache_len: int, num_rows: int, memory_fraction: float = 0.9, extra_bytes: int = 0) -> int:
-    """Rows per batch from free device memory (static KV cache + sampling buffers per row), less ``extra_bytes``
-    that the generator takes besides; CPU: a fixed small batch."""
-    device = next(model.parameters()).device
-    if device.type != "cuda":
-        return max(1, min(CPU_BATCH, num_rows))
-    free = free_device_bytes(device, count_cached=True)
-    text_config = model.config.get_text_config()
-    dtype_bytes = next(model.parameters()).element_size()
-    per_row = cache_len * kv_bytes_per_token(text_config, dtype_bytes) + sampling_bytes_per_row(text_config)
-    # Prefill activations of one chunk (MLP intermediates dominate), whatever the batch size.
-    prefill = PREFILL_TOKENS * (3 * text_config.intermediate_size + 4 * text_config.hidden_size) * dtype_bytes
-    rows = (int(free * memory_fraction) - prefill - extra_bytes) // per_row
-    return max(1, min(rows, MAX_AUTO_BATCH, num_rows))
-
-
-def free_device_bytes(device, *, count_cached: bool) -> int:
-    """Device memory this process can still get, within its ``set_per_process_memory_fraction`` cap (free memory
-    reports the card, not the cap). ``count_cached``: its own cached blocks not in use count as free (the
-    allocator hands them out first, and releases its cache itself before it would fail an allocation)."""
-    import torch
-
-    free, total = torch.cuda.mem_get_info(device)
-    reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
-    held = allocated if count_cached else reserved
-    if count_cached:
-        free += reserved - allocated
-    cap = torch.cuda.get_per_process_memory_fraction(device) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
-    if cap < 1.0:
-        free = min(free, int(cap * total) - held)
-    return free
-
-
-def sampling_bytes_per_row(text_config) -> int:
-    """A decode step's transient memory per row: fp32 logits and their top-k/sort copies (~6 x vocab x 4 bytes)."""
-    return 6 * text_config.vocab_size * 4
 
 
 def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
@@ -134,12 +68,12 @@ def _even_batches(order: list[int], batch_size: int) -> list[list[int]]:
 def _slot_static_layer_class():
     """A transformers ``StaticLayer`` written at the slots the generator sets, and read up to ``visible_length``.
 
-    ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer (102 of the
-    4B's decode step kernels). Here the generator points every layer at one index tensor: the prefill chunk's
-    slots, or the decode step's write index. The counter is left at 0 (``get_seq_length``): the generator
-    always passes positions and masks, so the model never reads it. The prefill sets ``visible_length`` to the
-    filled width, so attention skips the empty rest of the cache; the captured decode step reads the whole
-    cache (``None``), its mask hiding what is not written yet.
+    ``StaticLayer.update`` derives its slots from its own counter: an arange and two adds a layer, in every
+    decode step. Here the generator points every layer at one index tensor: the prefill chunk's slots, or the
+    decode step's write index. The counter is left at 0 (``get_seq_length``): the generator always passes
+    positions and masks, so the model never reads it. The prefill sets ``visible_length`` to the filled width,
+    so attention skips the empty rest of the cache; the captured decode step reads the whole cache (``None``),
+    its mask hiding what is not written yet.
     """
 
     from transformers.cache_utils import StaticLayer
@@ -158,170 +92,6 @@ def _slot_static_layer_class():
             return self.keys[:, :, : self.visible_length], self.values[:, :, : self.visible_length]
 
     return SlotStaticLayer
-
-
-# Sibling projections that the generator reads as one matmul: (the layer's submodule, its projections). In a
-# decode step the k and v matmuls are too small to use the GPU (~0.8 TB/s of an H100's 3.35; q at ~1.4).
-FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (("self_attn", ("q_proj", "k_proj", "v_proj")),)
-# The MLP's siblings that decode_layer.DecodeLayer reads as one matmul (in the model's own MLP, Liger's GeGLU
-# would copy the two strided halves).
-GATE_UP = ("mlp", ("gate_proj", "up_proj"))
-
-
-def plain_linear_weight(module):
-    """The weight of the bias-free linear map that ``module`` computes now, or None if it computes more or
-    otherwise (a live LoRA adapter, a bias, a quantized layer, hooks that the fused matmul would skip)."""
-    import torch
-
-    if hasattr(module, "get_base_layer"):
-        # A PEFT adapter layer computes its base weight alone when its adapters are either off or merged into
-        # it; when both, its forward first unmerges them, changing the weight.
-        if module.disable_adapters == module.merged or has_hooks(module):
-            return None
-        module = module.get_base_layer()
-    if type(module) is not torch.nn.Linear or module.bias is not None or has_hooks(module):
-        return None
-    return module.weight
-
-
-def has_hooks(module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
-
-
-def fused_weight_bytes(fusable: list[tuple]) -> int:
-    """Memory the concatenated weights of these groups (``fusable_projections``) take: those that ``stacked``
-    has to copy."""
-    return sum(stacked_copy_bytes(weights) for *_, weights in fusable)
-
-
-def stacked(weights):
-    """The weights stacked by rows (one matmul's weight): a view where they already lie that way, one after the
-    other in one tensor (the rollout merges its LoRA weights so), else a copy."""
-    import torch
-
-    if not stacked_copy_bytes(weights):
-        first = weights[0]
-        return first.as_strided((sum(w.shape[0] for w in weights), *first.shape[1:]), first.stride())
-    return torch.cat(weights)
-
-
-def stacked_copy_bytes(weights) -> int:
-    """What ``stacked(weights)`` allocates: 0 for a view."""
-    first, offset = weights[0], weights[0].storage_offset()
-    for w in weights:
-        if (not w.is_contiguous() or w.dtype != first.dtype or w.shape[1:] != first.shape[1:]
-                or w.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or w.storage_offset() != offset):
-            return sum(w.numel() * w.element_size() for w in weights)
-        offset += w.numel()
-    return 0
-
-
-def fusable_projections(language_model, groups=FUSED_PROJECTIONS) -> list[tuple]:
-    """``(parent, names, weights)`` for every group in every decoder layer whose projections are all plain."""
-    found = []
-    for layer in language_model.layers:
-        for parent_name, names in groups:
-            parent = getattr(layer, parent_name, None)
-            weights = [plain_linear_weight(getattr(parent, name, None)) for name in names]
-            if parent is not None and all(w is not None for w in weights):
-                found.append((parent, names, weights))
-    return found
-
-
-class _FusedProjections:
-    """Sibling projections as one matmul over their concatenated weights; each member returns its slice.
-
-    The members replace the projections only while the generator runs the model (``swapped_in``). A member
-    called with an input the group has not seen runs the whole matmul on it, so each returns its own
-    projection of its own input, whatever the call order. The concatenated weights are taken when the generator
-    is built (a copy, unless they already lie one after the other): the rollout builds it inside the LoRA
-    merge, so it holds the merged weights.
-    """
-
-    def __init__(self, parent, names, weights):
-        self.parent, self.names = parent, names
-        self.weight = stacked([w.detach() for w in weights])
-        self.sizes = [w.shape[0] for w in weights]
-        self.input = self.outputs = None
-        self.waiting: set[int] = set()
-        self.members = [_fused_member_class()(self, index) for index in range(len(names))]
-
-    def output(self, x, index: int):
-        import torch
-
-        if self.input is not x:
-            self.input, self.outputs = x, torch.nn.functional.linear(x, self.weight).split(self.sizes, dim=-1)
-            self.waiting = set(range(len(self.sizes)))
-        output = self.outputs[index]
-        self.waiting.discard(index)
-        if not self.waiting:  # every member has its slice: hold nothing (a 4B prefill chunk's: ~0.5 GB a layer)
-            self.input = self.outputs = None
-        return output
-
-    @contextlib.contextmanager
-    def swapped_in(self):
-        originals = [getattr(self.parent, name) for name in self.names]
-        try:
-            for name, member in zip(self.names, self.members):
-                setattr(self.parent, name, member)
-            yield
-        finally:
-            for name, original in zip(self.names, originals):
-                setattr(self.parent, name, original)
-            self.input = self.outputs = None
-
-
-@functools.cache
-def _fused_member_class():
-    """A module (the model's attributes take only modules) standing for one projection of a fused group."""
-    import torch
-
-    class FusedMember(torch.nn.Module):
-        def __init__(self, group, index):
-            super().__init__()
-            self.group, self.index = group, index  # the group is no module: not registered as a submodule
-
-        def forward(self, x):
-            return self.group.output(x, self.index)
-
-    return FusedMember
-
-
-class _Sampler:
-    def __init__(self, settings: SamplingSettings, vocab_size: int, device=None):
-        import torch
-
-        self.settings = settings
-        self.top_k = settings.top_k if 0 < settings.top_k < vocab_size else 0
-        # Built here, not in __call__: a host-to-device copy cannot run inside graph capture.
-        suppressed = [t for t in settings.suppress_token_ids if 0 <= t < vocab_size]  # as generate: unknown ids ignored
-        self.suppressed = torch.tensor(suppressed, dtype=torch.long, device=device) if suppressed else None
-
-    def __call__(self, logits):
-        import torch
-
-        s = self.settings
-        if self.suppressed is not None:
-            logits = logits.index_fill(-1, self.suppressed, float("-inf"))
-        if not s.do_sample:
-            return logits.argmax(dim=-1)
-        logits = logits / s.temperature
-        if not self.top_k and s.top_p >= 1.0:
-            # Plain sampling (GRPO's default): no sort over the whole vocabulary.
-            probs = torch.softmax(logits, dim=-1)
-            return (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
-        if self.top_k:
-            values, indices = torch.topk(logits, self.top_k, dim=-1)
-        else:
-            values, indices = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(values, dim=-1)
-        if s.top_p < 1.0:
-            # Keep the most likely tokens until their mass reaches top_p (the first is always kept).
-            mass_before = torch.cumsum(probs, dim=-1) - probs
-            probs = probs.masked_fill(mass_before > s.top_p, 0.0)
-        race = torch.empty_like(probs).exponential_()
-        choice = (probs / race).argmax(dim=-1, keepdim=True)
-        return indices.gather(-1, choice).squeeze(-1)
 
 
 # Per process: for each device, the side stream that decode graphs are recorded on (one, so that cuBLAS sets up
@@ -366,8 +136,8 @@ class StaticBatchGenerator:
         self.pad_token_id = pad_token_id
         self.use_cuda_graph = self.device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
         self.attention_backends = attention_backends  # for the captured step; None: whatever the caller has set
-        self.sampler = _Sampler(settings, self.text_config.vocab_size, self.device)
-        self.fused_groups = [_FusedProjections(*group) for group in fusable_projections(self.language_model, fused_projections)]
+        self.sampler = Sampler(settings, self.text_config.vocab_size, self.device)
+        self.fused_groups = [FusedProjections(*group) for group in fusable_projections(self.language_model, fused_projections)]
         window = getattr(self.text_config, "sliding_window", None)
         self.sliding_window = window if window and window < self.cache_len else None
         # One full-length static layer per decoder layer; sliding layers are handled by their mask.
@@ -405,11 +175,9 @@ class StaticBatchGenerator:
     def _decode_layers(self) -> list:
         """A ``DecodeLayer`` for each decoder layer it can take: one whose q/k/v this generator fuses (compiled
         on a GPU)."""
-        from components.common.decode_layer import DecodeLayer
-
         fused_qkv = {id(g.parent): g.weight for g in self.fused_groups if g.names == ("q_proj", "k_proj", "v_proj")}
         compiled = self.device.type == "cuda"
-        built = [DecodeLayer.build(layer, fused_qkv[id(layer.self_attn)], cache_layer, compiled=compiled)
+        built = [decode_layer.DecodeLayer.build(layer, fused_qkv[id(layer.self_attn)], cache_layer, compiled=compiled)
                  for layer, cache_layer in zip(self.language_model.layers, self.cache.layers)
                  if id(getattr(layer, "self_attn", None)) in fused_qkv]
         return [layer for layer in built if layer is not None]
@@ -489,9 +257,9 @@ class StaticBatchGenerator:
     def _attention_bias(self, mask, out=None):
         """``mask`` (True: attend) as the additive bias sdpa adds to the scores: 0, or the dtype's lowest value.
 
-        Made once for all layers: given a boolean mask, sdpa converts it in every layer and its mem-efficient
-        kernel copies it to aligned rows: a decode step went from ~1,060 kernels to 893. The lowest finite value, as
-        transformers' own masks use, not -inf: a left-pad query that sees no key gets no NaN."""
+        Made once for all layers: given a boolean mask, sdpa would convert it in every layer, and its
+        mem-efficient kernel copy it to aligned rows. The lowest finite value, as transformers' own masks use, not
+        -inf: a left-pad query that sees no key gets no NaN."""
         import torch
 
         return torch.where(mask, *self.bias_values, out=self._aligned_bias(mask.shape) if out is None else out)
@@ -525,9 +293,9 @@ class StaticBatchGenerator:
         """Record the decode step. It runs on whatever state is there (values don't matter, shapes and addresses
         do); the prefill that follows resets it, so no prompt is prefilled twice.
 
-        The first generator of its kind in a process warms the step up first (one eager step, ~1/3 of the
-        capture's time); later ones, as each training step's rollout, record on the same side stream straight
-        away, and warm up only if that recording fails."""
+        The first generator of its kind in a process warms the step up first (one eager step); later ones, as
+        each training step's rollout, record on the same side stream straight away, and warm up only if that
+        recording fails."""
         import torch
 
         self._allocate_cache()
@@ -618,7 +386,7 @@ class StaticBatchGenerator:
         import torch
 
         c = self.text_config
-        example = torch.empty(self.rows, c.num_key_value_heads, 1, _head_dim(c), dtype=self.dtype, device=self.device)
+        example = torch.empty(self.rows, c.num_key_value_heads, 1, head_dim(c), dtype=self.dtype, device=self.device)
         for layer in self.cache.layers:
             if not layer.is_initialized:
                 layer.lazy_initialization(example, example)
@@ -688,9 +456,8 @@ def generate_completions(
     is short) and split into equal batches; ``batch_size`` 0 picks it from free memory. ``seed`` None leaves
     the global RNG as it is (training: reseeding every step would repeat the random stream).
     ``phase_seconds``, if given, gets the seconds spent capturing, prefilling and decoding added to it.
-    ``decode_layers`` runs the decode step's layers through ``decode_layer.DecodeLayer``: ~0.7 ms less a step
-    at 128-256 rows (H200), after compiling for 11-17 s once a process on a GPU. Worth it for a training run's
-    rollouts, not for one evaluation pass (docs/performance.md).
+    ``decode_layers`` runs the decode step's layers through ``decode_layer.DecodeLayer``: a shorter step, after a
+    compile once a process on a GPU; worth it for a training run's many rollouts, not for one evaluation pass.
     """
     import torch
 
@@ -705,8 +472,6 @@ def generate_completions(
     language_model = model.model.language_model
     weight_bytes = fused_weight_bytes(fusable_projections(language_model))
     if decode_layers:
-        from components.common import decode_layer
-
         weight_bytes += decode_layer.weight_bytes(language_model)
     rows = batch_size or auto_batch_size(model, cache_len=cache_len, num_rows=len(prompts), extra_bytes=weight_bytes)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

@@ -1,6 +1,6 @@
 """Gemma 3's decoder layer for a decode step (one new token a row) in fewer kernels than the model's own.
 
-A decode step at 128-256 rows pays every small kernel in full, whatever the rows, and each GPU of a
+A decode step at a rollout's row counts pays every small kernel in full, whatever the rows, and each GPU of a
 data-parallel rollout pays them again. In the model's layer, after the q/k/v matmul, come a copy and an
 RMSNorm for q, the same for k (the norm kernels take contiguous rows; q and k are slices of the fused
 matmul's output), RoPE, two cache writes; after attention, an RMSNorm, an add and an RMSNorm; after the MLP an
@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 
-from components.common.generation import has_hooks, plain_linear_weight, stacked, stacked_copy_bytes
+from components.generator.projections import has_hooks, plain_linear_weight, stacked, stacked_copy_bytes
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def _compiled(function):
     """``function`` compiled once a process, its kernels specialised on the sizes of its first call, except the
     cache length (``_decode`` marks it dynamic: it changes with every batch's prompts). A call with other rows
     compiles again, for any rows from then on; the generator warms up (compiling) before it captures a graph of
-    new rows, and a compile inside a capture fails instead (see generation._record_graph). Compiled with every
-    size dynamic, the GeGLU kernel took 7.3 us a call where Liger's took 4.6 (H200, 128 rows); now 4.0."""
+    new rows, and a compile inside a capture fails instead (see engine._record_graph). Sizes are static
+    otherwise: kernels compiled with every size dynamic ran slower."""
     import torch
 
     return torch.compile(function, fullgraph=True)

@@ -1,4 +1,4 @@
-"""The decode step's decoder layer (components/common/decode_layer.py) against the model's own, on CPU."""
+"""The decode step's decoder layer (components/generator/decode_layer.py) against the model's own, on CPU."""
 
 import logging
 
@@ -29,7 +29,7 @@ def _decode_inputs(model, text, rows=3, slots=9, slot=5):
     import torch
     from transformers.cache_utils import Cache
 
-    from components.common.generation import _slot_static_layer_class
+    from components.generator.engine import _slot_static_layer_class
 
     language_model = model.model.language_model
     hidden = torch.randn(rows, 1, text.hidden_size)
@@ -63,7 +63,7 @@ def _run(layer, hidden, embeddings, bias, cache):
 def test_decode_layer_computes_what_the_models_layer_does_and_writes_the_same_cache(tiny_float32):
     import torch
 
-    from components.common.decode_layer import DecodeLayer
+    from components.generator.decode_layer import DecodeLayer
 
     model, text = tiny_float32
     layer, hidden, embeddings, bias, (theirs, ours) = _decode_inputs(model, text)
@@ -83,7 +83,7 @@ def test_decode_layer_computes_what_the_models_layer_does_and_writes_the_same_ca
 def test_decode_layer_is_built_only_for_gemma3_layers_as_the_model_defines_them(tiny_float32, monkeypatch):
     from types import SimpleNamespace
 
-    from components.common.decode_layer import DecodeLayer
+    from components.generator.decode_layer import DecodeLayer
 
     model, text = tiny_float32
     layer = model.model.language_model.layers[0]
@@ -146,7 +146,7 @@ def test_decode_layer_is_built_only_for_gemma3_layers_as_the_model_defines_them(
 def test_a_failed_compile_falls_back_to_the_models_layer_for_the_process(tiny_float32, monkeypatch, caplog):
     import torch
 
-    from components.common import decode_layer
+    from components.generator import decode_layer
 
     model, text = tiny_float32
     layer, hidden, embeddings, bias, (theirs, ours) = _decode_inputs(model, text)
@@ -163,7 +163,7 @@ def test_a_failed_compile_falls_back_to_the_models_layer_for_the_process(tiny_fl
     monkeypatch.setattr(decode_layer, "_compiled", compiled)
     first = decode_layer.DecodeLayer.build(layer, _fused_qkv(layer), ours.layers[0], compiled=True)
     later = decode_layer.DecodeLayer.build(layer, _fused_qkv(layer), ours.layers[0], compiled=True)
-    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="components.common.decode_layer"):
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="components.generator.decode_layer"):
         expected = _run(layer, hidden, embeddings, bias, theirs)
         for decode in (first, later):
             with decode.swapped_in():
@@ -175,7 +175,7 @@ def test_a_failed_compile_falls_back_to_the_models_layer_for_the_process(tiny_fl
 
 def test_decode_layer_weights_are_counted_for_the_generators_memory(tiny_float32):
     """o_proj's reordered copy and gate/up stacked, per layer: what the batch size from free memory leaves room for."""
-    from components.common.decode_layer import weight_bytes
+    from components.generator.decode_layer import weight_bytes
 
     model, text = tiny_float32
     language_model = model.model.language_model
@@ -194,7 +194,7 @@ def test_compiled_decode_layer_takes_any_cache_length_without_recompiling(tiny_f
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler")
 
-    from components.common import decode_layer
+    from components.generator import decode_layer
 
     monkeypatch.setattr(decode_layer, "_COMPILE_FAILED", [])
     model, text = tiny_float32

@@ -1,4 +1,4 @@
-"""The fast generation loop against transformers' own generate (greedy: token for token)."""
+"""The generator (components/generator) against transformers' own generate (greedy: token for token)."""
 
 import inspect
 
@@ -40,15 +40,14 @@ def _reference(model, tokenizer, prompts, new_tokens):
 @pytest.mark.parametrize("decode_layers", [True, False])
 def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, sliding_window, prefill_chunk, decode_layers,
                                                                      monkeypatch):
-    from components.common import decode_layer, generation
-    from components.common.generation import SamplingSettings, generate_completions
+    from components.generator import SamplingSettings, decode_layer, engine, generate_completions
 
     model, tokenizer = tiny
     if prefill_chunk:  # 4 prompts in batches of 2 rows: prefilled 5 positions at a time
-        monkeypatch.setattr(generation, "PREFILL_TOKENS", 2 * prefill_chunk)
+        monkeypatch.setattr(engine, "PREFILL_TOKENS", 2 * prefill_chunk)
     # Keys each attention layer reads: during prefill only the slots filled so far (the model's layers), while
     # decoding the whole cache (the generator's DecodeLayers, or the model's layers without them).
-    layer_class = generation._slot_static_layer_class()
+    layer_class = engine._slot_static_layer_class()
     read_lengths, decode_reads = [], []
 
     def recording_update(self, *args, **kwargs):
@@ -101,18 +100,19 @@ def test_greedy_matches_generate_with_left_padding_and_sliding_layers(tiny, slid
 def test_sampling_respects_top_k_and_seed(tiny):
     import torch
 
-    from components.common.generation import SamplingSettings, _Sampler, generate_completions
+    from components.generator import SamplingSettings, generate_completions
+    from components.generator.sampling import Sampler
 
     model, tokenizer = tiny
     logits = torch.randn(4, 50)
     torch.manual_seed(0)
-    sampler = _Sampler(SamplingSettings(top_k=3, top_p=1.0, temperature=1.0), vocab_size=50)
+    sampler = Sampler(SamplingSettings(top_k=3, max_new_tokens=4), vocab_size=50)
     allowed = logits.topk(3, dim=-1).indices
     for _ in range(20):
         picked = sampler(logits)
         assert all(picked[i] in allowed[i] for i in range(4))
     # top_p so small that only the most likely token survives: sampling becomes greedy.
-    nucleus = _Sampler(SamplingSettings(top_k=0, top_p=1e-6, temperature=0.7), vocab_size=50)
+    nucleus = Sampler(SamplingSettings(top_p=1e-6, temperature=0.7, max_new_tokens=4), vocab_size=50)
     assert torch.equal(nucleus(logits), logits.argmax(-1))
     prompts = _prompts(tokenizer, TEXTS)
     settings = SamplingSettings(do_sample=True, max_new_tokens=8)
@@ -122,15 +122,15 @@ def test_sampling_respects_top_k_and_seed(tiny):
 
 
 def test_pad_equal_to_eos_is_refused(tiny):
-    from components.common.generation import SamplingSettings, generate_completions
+    from components.generator import SamplingSettings, generate_completions
 
     model, _ = tiny
     with pytest.raises(ValueError, match="pad token must differ from EOS"):
-        generate_completions(model, [[2, 5]], settings=SamplingSettings(), pad_token_id=1, eos_token_ids=[1])
+        generate_completions(model, [[2, 5]], settings=SamplingSettings(max_new_tokens=4), pad_token_id=1, eos_token_ids=[1])
 
 
 def test_batches_are_even_and_longest_first():
-    from components.common.generation import _even_batches
+    from components.generator.engine import _even_batches
 
     batches = _even_batches(list(range(1273)), 512)
     assert [len(b) for b in batches] == [425, 425, 423]  # one graph of 425 rows; the last batch is padded
@@ -142,7 +142,8 @@ def test_fused_projections_give_each_its_own_projection_and_are_put_back(tiny):
     returns what its projection computes, for its own input in any call order, and only while swapped in."""
     import torch
 
-    from components.common.generation import SamplingSettings, StaticBatchGenerator
+    from components.generator import SamplingSettings
+    from components.generator.engine import StaticBatchGenerator
 
     model, tokenizer = tiny
     generator = StaticBatchGenerator(model, rows=2, max_prompt_len=8, settings=SamplingSettings(max_new_tokens=4),
@@ -170,7 +171,8 @@ def test_fused_projections_give_each_its_own_projection_and_are_put_back(tiny):
 def test_decode_steps_on_the_blank_cache_before_the_prefill_change_nothing(tiny):
     """The CUDA-graph capture runs decode steps on the freshly allocated cache before any prompt; the prefill
     that follows must reset everything they touched (run eagerly here: the same state, no graph)."""
-    from components.common.generation import SamplingSettings, StaticBatchGenerator
+    from components.generator import SamplingSettings
+    from components.generator.engine import StaticBatchGenerator
 
     model, tokenizer = tiny
     prompts = _prompts(tokenizer, TEXTS[:2])
@@ -196,7 +198,8 @@ def test_warm_up_uses_the_first_attention_backend_that_takes_the_step_alone(tiny
     the warm-up passes over them to MATH; an error other than "no kernel" is not swallowed."""
     import pytest
 
-    from components.common.generation import SamplingSettings, StaticBatchGenerator
+    from components.generator import SamplingSettings
+    from components.generator.engine import StaticBatchGenerator
 
     model, tokenizer = tiny
     prompts = _prompts(tokenizer, TEXTS[:2])
@@ -238,7 +241,7 @@ def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_onc
 
     import torch
 
-    from components.common import generation
+    from components.generator import SamplingSettings, engine, memory
 
     model, tokenizer = tiny
     prompts = _prompts(tokenizer, TEXTS[:2])
@@ -271,27 +274,27 @@ def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_onc
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(generation, "_RECORDING_STREAMS", {})
-    monkeypatch.setattr(generation, "_LAST_GRAPHS", {})
-    monkeypatch.setattr(generation, "_WARMED_UP_BACKENDS", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(engine, "_RECORDING_STREAMS", {})
+    monkeypatch.setattr(engine, "_LAST_GRAPHS", {})
+    monkeypatch.setattr(engine, "_WARMED_UP_BACKENDS", weakref.WeakKeyDictionary())
     free = {"bytes": 0}
-    monkeypatch.setattr(generation, "free_device_bytes", lambda device, count_cached: free["bytes"])
-    warm_up = generation.StaticBatchGenerator._warm_up
+    monkeypatch.setattr(engine, "free_device_bytes", lambda device, count_cached: free["bytes"])
+    warm_up = engine.StaticBatchGenerator._warm_up
 
     def logged_warm_up(self):
         events.append("warm-up")
         return warm_up(self)
 
-    monkeypatch.setattr(generation.StaticBatchGenerator, "_warm_up", logged_warm_up)
+    monkeypatch.setattr(engine.StaticBatchGenerator, "_warm_up", logged_warm_up)
 
     def generator(rows=2):
-        return generation.StaticBatchGenerator(
+        return engine.StaticBatchGenerator(
             model, rows=rows, max_prompt_len=max(map(len, prompts)), pad_token_id=tokenizer.pad_token_id,
-            settings=generation.SamplingSettings(do_sample=False, max_new_tokens=8),
+            settings=SamplingSettings(do_sample=False, max_new_tokens=8),
             eos_token_ids=list(model.generation_config.eos_token_id), use_cuda_graph=False,
             attention_backends=("EFFICIENT_ATTENTION", "MATH"))
 
-    step_bytes = 2 * generation.sampling_bytes_per_row(model.config.get_text_config())  # 2 rows
+    step_bytes = 2 * memory.sampling_bytes_per_row(model.config.get_text_config())  # 2 rows
     free["bytes"] = 2 * step_bytes  # just enough room for the graph's pool
     plenty = generator()
     plenty._capture()
@@ -332,7 +335,7 @@ def test_capture_releases_the_cache_only_when_short_shares_one_pool_warms_up_onc
     assert events == ["warm-up", "begin", "end"] and failing.graph is None
     # The first recording makes a pool; every later one, of every generator, records into it.
     assert pools == [None] + ["pool 1"] * 4
-    assert generation._LAST_GRAPHS[plenty.device] is recovering.graph  # the last graph recorded, kept alive
+    assert engine._LAST_GRAPHS[plenty.device] is recovering.graph  # the last graph recorded, kept alive
 
 
 def test_nothing_compiles_inside_a_capture(tiny, monkeypatch):
@@ -342,7 +345,7 @@ def test_nothing_compiles_inside_a_capture(tiny, monkeypatch):
 
     import torch
 
-    from components.common import generation
+    from components.generator import SamplingSettings, engine
 
     model, tokenizer = tiny
 
@@ -358,9 +361,9 @@ def test_nothing_compiles_inside_a_capture(tiny, monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     doubled = torch.compile(lambda x: x * 2, dynamic=False, backend="eager")
     doubled(torch.ones(2))  # compiled for 2 elements
-    generator = generation.StaticBatchGenerator(
+    generator = engine.StaticBatchGenerator(
         model, rows=2, max_prompt_len=4, pad_token_id=tokenizer.pad_token_id,
-        settings=generation.SamplingSettings(do_sample=False, max_new_tokens=4), eos_token_ids=[1], use_cuda_graph=False)
+        settings=SamplingSettings(do_sample=False, max_new_tokens=4), eos_token_ids=[1], use_cuda_graph=False)
     generator._decode_step = lambda: doubled(torch.ones(3))  # 3 elements: a recompile
     with pytest.raises(RuntimeError, match="fail_on_recompile"):
         generator._record_graph(stream=None, pool=None, backend=None)
@@ -374,7 +377,7 @@ def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory
 
     import torch
 
-    from components.common import generation
+    from components.generator import memory
 
     gib = 2**30
     text = SimpleNamespace(num_hidden_layers=2, num_key_value_heads=1, head_dim=64, hidden_size=64,
@@ -382,8 +385,8 @@ def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory
     parameter = SimpleNamespace(device=torch.device("cuda", 0), element_size=lambda: 2)
     model = SimpleNamespace(parameters=lambda: iter([parameter]),
                             config=SimpleNamespace(get_text_config=lambda: text))
-    per_row = 100 * generation.kv_bytes_per_token(text, 2) + 6 * text.vocab_size * 4
-    prefill = generation.PREFILL_TOKENS * (3 * text.intermediate_size + 4 * text.hidden_size) * 2
+    per_row = 100 * memory.kv_bytes_per_token(text, 2) + 6 * text.vocab_size * 4
+    prefill = memory.PREFILL_TOKENS * (3 * text.intermediate_size + 4 * text.hidden_size) * 2
 
     def rows_for(free_gib):
         return (int(free_gib * gib * 0.9) - prefill) // per_row
@@ -393,18 +396,18 @@ def test_free_memory_counts_cached_blocks_only_where_asked_and_respects_a_memory
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * gib)
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: cap["fraction"])
-    monkeypatch.setattr(generation, "MAX_AUTO_BATCH", 10**9)
+    monkeypatch.setattr(memory, "MAX_AUTO_BATCH", 10**9)
 
     # 2 GiB free on the card + 20 GiB cached and unused by this process.
-    assert generation.auto_batch_size(model, cache_len=100, num_rows=10**9) == rows_for(22)
+    assert memory.auto_batch_size(model, cache_len=100, num_rows=10**9) == rows_for(22)
     # Capped at 16 GiB with 10 GiB allocated: 6 GiB left, whatever is cached.
     cap["fraction"] = 0.2
-    assert generation.auto_batch_size(model, cache_len=100, num_rows=10**9) == rows_for(6)
-    assert generation.auto_batch_size(model, cache_len=100, num_rows=5) == 5  # never more rows than prompts
+    assert memory.auto_batch_size(model, cache_len=100, num_rows=10**9) == rows_for(6)
+    assert memory.auto_batch_size(model, cache_len=100, num_rows=5) == 5  # never more rows than prompts
 
     # Without the cached blocks (what a CUDA graph's own pool can get): the card's 2 GiB, then within the cap
     # the 16 GiB minus the 30 GiB reserved: nothing.
     cap["fraction"] = 1.0
-    assert generation.free_device_bytes(parameter.device, count_cached=False) == 2 * gib
+    assert memory.free_device_bytes(parameter.device, count_cached=False) == 2 * gib
     cap["fraction"] = 0.2
-    assert generation.free_device_bytes(parameter.device, count_cached=False) == int(0.2 * 80 * gib) - 30 * gib
+    assert memory.free_device_bytes(parameter.device, count_cached=False) == int(0.2 * 80 * gib) - 30 * gib

@@ -1,0 +1,37 @@
+"""KFP wrapper of the parameter check (no @dsl.component here: images are bound in pipelines/)."""
+
+
+def check_parameters_component(
+    recipe: str,
+    recipe_settings: list,
+    train_accelerator_type: str,
+    train_accelerator_count: int,
+    train_nodes: int,
+    train_on_spot: bool,
+    eval_accelerator_type: str,
+    eval_accelerator_count: int,
+    eval_question_limit: int,
+    gate_margin: float,
+    gate_alpha: float,
+    registry_uri: str,
+    model_display_name: str,
+    registered_weights: str,
+    hf_token_secret: str = "",
+    encryption_key: str = "",
+    network: str = "",
+    service_account: str = "",
+    tensorboard: str = "",
+) -> str:
+    """Fail on the first pipeline parameter that cannot work, naming it; return where training runs
+    (``one-vm`` or ``custom-job``). A single string output, so that the pipeline can branch on it."""
+    from components.preflight.core import check_run_parameters
+
+    return check_run_parameters(
+        recipe=recipe, recipe_settings=list(recipe_settings), train_accelerator_type=train_accelerator_type,
+        train_accelerator_count=train_accelerator_count, train_nodes=train_nodes, train_on_spot=train_on_spot,
+        eval_accelerator_type=eval_accelerator_type, eval_accelerator_count=eval_accelerator_count,
+        eval_question_limit=eval_question_limit, gate_margin=gate_margin, gate_alpha=gate_alpha,
+        registry_uri=registry_uri, model_display_name=model_display_name, registered_weights=registered_weights,
+        hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
+        service_account=service_account, tensorboard=tensorboard,
+    )

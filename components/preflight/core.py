@@ -1,0 +1,87 @@
+"""Check a pipeline run's parameters before any work: a value that cannot work fails here, in the run's first
+task, with one line naming the parameter, instead of after hours of training.
+
+Also picks the training route: one VM (a pipeline task with GPUs) or a Vertex custom job (several VMs, or Spot).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from components.common.errors import UserError, choices_error
+from components.common.recipes import load_recipe
+from components.common.secrets import secret_version_name
+from components.grpo_train.multinode import CustomJobSettings
+from components.register.core import SERVING_MODES, check_model_name, check_registry_uri
+
+ONE_VM = "one-vm"
+CUSTOM_JOB = "custom-job"
+_SERVICE_ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com$")
+
+
+def training_route(train_nodes: int, train_on_spot: bool) -> str:
+    """``custom-job`` for several VMs or Spot VMs (a Vertex custom job sets both), else ``one-vm``."""
+    return CUSTOM_JOB if train_nodes > 1 or train_on_spot else ONE_VM
+
+
+def _accelerator_types() -> set[str]:
+    from google.cloud.aiplatform_v1.types import AcceleratorType
+
+    return {member.name for member in AcceleratorType if member.value}
+
+
+def check_run_parameters(
+    *,
+    recipe: str,
+    recipe_settings: list[str],
+    train_accelerator_type: str,
+    train_accelerator_count: int,
+    train_nodes: int,
+    train_on_spot: bool,
+    eval_accelerator_type: str,
+    eval_accelerator_count: int,
+    eval_question_limit: int,
+    gate_margin: float,
+    gate_alpha: float,
+    registry_uri: str,
+    model_display_name: str,
+    registered_weights: str,
+    hf_token_secret: str = "",
+    encryption_key: str = "",
+    network: str = "",
+    service_account: str = "",
+    tensorboard: str = "",
+) -> str:
+    """Raise ``UserError`` naming the first parameter that cannot work; return the training route."""
+    load_recipe(recipe, recipe_settings)  # an unknown recipe or a bad setting names itself
+    accelerators: dict[str, Any] = {"train": (train_accelerator_type, train_accelerator_count),
+                                    "eval": (eval_accelerator_type, eval_accelerator_count)}
+    for prefix, (kind, count) in accelerators.items():
+        if count < 1:
+            raise UserError(f"{prefix}_accelerator_count must be at least 1, got {count}")
+        if kind not in (known := _accelerator_types()):
+            raise choices_error(f"{prefix}_accelerator_type", kind, known)
+    if train_nodes < 1:
+        raise UserError(f"train_nodes must be at least 1, got {train_nodes}")
+    if eval_question_limit < 0:
+        raise UserError(f"eval_question_limit must be 0 (every test question) or more, got {eval_question_limit}")
+    if not 0 < gate_alpha < 1:
+        raise UserError(f"gate_alpha must be between 0 and 1, got {gate_alpha}")
+    if not -1 < gate_margin < 1:
+        raise UserError(f"gate_margin is an accuracy difference between -1 and 1 (0.02 = 2 points), got {gate_margin}")
+    check_registry_uri(registry_uri)
+    check_model_name(model_display_name, "model_display_name")
+    if registered_weights not in SERVING_MODES:
+        raise choices_error("registered_weights", registered_weights, SERVING_MODES)
+    if hf_token_secret:
+        secret_version_name(hf_token_secret, "hf_token_secret")
+    if service_account and not _SERVICE_ACCOUNT.match(service_account):
+        raise UserError(f"service_account must look like NAME@PROJECT.iam.gserviceaccount.com, got {service_account!r}")
+    # The custom job's own check (key, network, TensorBoard); the image and the run's project and region are
+    # bound when the pipeline is compiled and run, so stand-ins fill them here.
+    CustomJobSettings(nodes=train_nodes, image="trainer-image", accelerator_type=train_accelerator_type,
+                      accelerator_count=train_accelerator_count, project="run-project", location="run-region",
+                      service_account=service_account, network=network, encryption_key=encryption_key,
+                      tensorboard=tensorboard, spot=train_on_spot).check()
+    return training_route(train_nodes, train_on_spot)

@@ -1,0 +1,153 @@
+"""The run summary the exit task writes: from a kfp.local run folder and from Vertex's PipelineJob task details."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fakes.vertex import FakeVertex
+from google.auth.credentials import AnonymousCredentials
+
+from components.run_summary.__main__ import main
+from components.run_summary.core import build_summary, render_summary, summarize_run, tasks_from_vertex
+
+BASELINE = {"accuracy": 0.267, "ci_low": 0.215, "ci_high": 0.326, "n": 240}
+TUNED = {"accuracy": 0.583, "ci_low": 0.52, "ci_high": 0.644, "n": 240}
+COMPARISON = {"baseline_accuracy": 0.267, "tuned_accuracy": 0.583, "delta": 0.317, "delta_ci_low": 0.25,
+              "delta_ci_high": 0.38, "p_value": 1.2e-15, "n": 240, "passes_gate": 1.0}
+REGISTRATION = {"resource_name": "projects/p/locations/l/models/7@2", "version": "2", "aliases": ["champion"]}
+
+
+def write_task(run_dir: Path, task: str, artifacts: dict[str, dict] | None, parameters: dict | None = None) -> None:
+    """A task folder as kfp.local leaves it: executor_output.json once the task succeeded, nothing if it failed."""
+    folder = run_dir / task
+    folder.mkdir(parents=True)
+    if artifacts is None:
+        return
+    output = {"artifacts": {name: {"artifacts": [{"name": name, "uri": str(folder / name), "metadata": metadata}]}
+                            for name, metadata in artifacts.items()},
+              "parameterValues": parameters or {}}
+    (folder / "executor_output.json").write_text(json.dumps(output))
+
+
+def finished_run(run_dir: Path) -> Path:
+    write_task(run_dir, "check-parameters", {}, {"Output": "one-vm"})
+    write_task(run_dir, "prepare-data", {"prepared_data": {"fingerprint": "0123abcd4567ef89"}}, {"Output": "0123abcd4567ef89"})
+    write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
+    write_task(run_dir, "train", {"training_metrics": {}})
+    write_task(run_dir, "tuned-eval", {"metrics": TUNED})
+    write_task(run_dir, "compare", {"comparison_metrics": COMPARISON})
+    write_task(run_dir, "register", {"registered_model": REGISTRATION})
+    return run_dir
+
+
+def test_a_finished_local_run_is_summarized_and_written(tmp_path):
+    run_dir = finished_run(tmp_path / "medgemma-grpo-2026")
+    summary = summarize_run("SUCCEEDED", "local-pipeline-exit-handler-1", run_dir / "run-summary" / "summary")
+    assert summary["state"] == "SUCCEEDED" and summary["failed_task"] is None
+    assert summary["baseline_ci"] == [0.215, 0.326] and summary["tuned_ci"] == [0.52, 0.644]
+    assert summary["p_value"] == 1.2e-15 and summary["n"] == 240 and summary["passes_gate"] is True
+    assert summary["registered_at"] == REGISTRATION["resource_name"] and summary["data_fingerprint"] == "0123abcd4567ef89"
+    written = run_dir / "run-summary" / "summary"
+    assert json.loads((written / "summary.json").read_text()) == summary
+    table = (written / "summary.md").read_text()
+    assert "baseline               0.267  [0.215, 0.326]" in table
+    assert "registered        projects/p/locations/l/models/7@2 (version 2)" in table
+
+
+def test_a_failed_run_names_the_step_that_failed(tmp_path):
+    run_dir = tmp_path / "run"
+    write_task(run_dir, "check-parameters", {}, {"Output": "one-vm"})
+    write_task(run_dir, "prepare-data", {"prepared_data": {}})
+    write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
+    write_task(run_dir, "train", None)  # started, never finished
+    summary = summarize_run("FAILED", "local-pipeline-exit-handler-1", run_dir / "run-summary" / "summary",
+                            error_message="Task exit-handler-1 failed.")
+    assert summary["failed_task"] == "train" and summary["tuned_accuracy"] is None and not summary["registered"]
+    table = render_summary(summary)
+    assert table.splitlines()[0] == "run               FAILED (failed task: train)"
+    assert "tuned (GRPO)             n/a" in table and "registered        not registered" in table
+
+
+def test_a_gate_that_did_not_pass_says_so():
+    from components.run_summary.core import TaskResult
+
+    summary = build_summary("SUCCEEDED", {"compare": TaskResult("SUCCEEDED", {"comparison_metrics": {**COMPARISON, "passes_gate": 0.0}})})
+    assert "not registered (gate not passed)" in render_summary(summary)
+
+
+def test_vertex_task_details_are_read_from_the_pipeline_job():
+    job = "projects/p/locations/europe-west4/pipelineJobs/medgemma-grpo-1"
+    details = [
+        {"taskName": "baseline-eval", "state": "SUCCEEDED", "outputs": {"metrics": {"artifacts": [{"metadata": BASELINE}]}}},
+        {"taskName": "tuned-eval", "state": "SUCCEEDED", "outputs": {"metrics": {"artifacts": [{"metadata": TUNED}]}}},
+        {"taskName": "compare", "state": "SUCCEEDED",
+         "outputs": {"comparison_metrics": {"artifacts": [{"metadata": COMPARISON}]}}},
+        {"taskName": "register", "state": "FAILED"},
+    ]
+    with FakeVertex() as vertex:
+        vertex.state.pipeline_jobs["medgemma-grpo-1"] = {"name": job, "jobDetail": {"taskDetails": details}}
+        tasks = tasks_from_vertex(job, api_endpoint=vertex.endpoint, credentials=AnonymousCredentials())
+        assert vertex.requests_to("GET", r"/pipelineJobs/medgemma-grpo-1$")
+    summary = build_summary("FAILED", tasks)
+    assert summary["failed_task"] == "register"
+    assert summary["tuned_ci"] == [0.52, 0.644] and summary["delta_ci"] == [0.25, 0.38]
+
+
+def test_cli_prints_a_local_runs_summary(tmp_path, capsys):
+    run_dir = finished_run(tmp_path / "run")
+    assert main([str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["registered_version"] == "2"
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_a_bad_parameter_stops_the_local_run_in_its_first_task_and_the_summary_says_so(tmp_path):
+    """Through kfp.local: train_accelerator_count 0 fails check-parameters; the exit task still runs."""
+    from kfp import local
+
+    from pipelines.medgemma_grpo import build_pipeline
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=False)
+    build_pipeline(on_vertex=False)(recipe="tiny-cpu", train_accelerator_count=0, registry_uri=str(tmp_path / "reg"))
+    [run_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("medgemma-grpo-")]
+    summary = json.loads((run_dir / "run-summary" / "summary" / "summary.json").read_text())
+    assert summary["state"] == "FAILED" and summary["failed_task"] == "check-parameters"
+    assert not (run_dir / "prepare-data").exists()  # nothing ran after the check
+
+
+def test_a_step_that_failed_without_a_trace_is_the_first_one_missing(tmp_path):
+    """kfp.local writes nothing for a task that failed before its outputs: the first step due and absent failed
+    (the route recorded by check-parameters says which training step was due)."""
+    from components.run_summary.core import tasks_from_local_run
+
+    run_dir = tmp_path / "run"
+    write_task(run_dir, "check-parameters", {}, {"Output": "custom-job"})
+    write_task(run_dir, "prepare-data", {"prepared_data": {}})
+    write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
+    assert build_summary("FAILED", tasks_from_local_run(run_dir))["failed_task"] == "train-custom-job"
+    assert build_summary("SUCCEEDED", tasks_from_local_run(run_dir))["failed_task"] is None
+
+
+def test_a_deployed_run_names_the_endpoint_and_the_smoke_test_numbers(tmp_path):
+    run_dir = finished_run(tmp_path / "run")
+    write_task(run_dir, "deploy", {"deployment": {"endpoint": "projects/p/locations/l/endpoints/9", "backend": "vertex"}})
+    write_task(run_dir, "smoke-test", {"metrics": {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55,
+                                                   "latency_p50_s": 0.41, "latency_p95_s": 0.9, "errors": 0.0}})
+    summary = summarize_run("SUCCEEDED", "local", run_dir / "run-summary" / "summary")
+    assert summary["deployed_to"] == "projects/p/locations/l/endpoints/9"
+    assert summary["smoke_test"] == {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55, "latency_p50_s": 0.41,
+                                     "latency_p95_s": 0.9}
+    table = render_summary(summary)
+    assert "deployed          projects/p/locations/l/endpoints/9" in table
+    assert "smoke test        20 prompts: format rate 1.00, accuracy 0.55, latency p50 0.41 s, p95 0.90 s" in table
+
+
+def test_a_failed_smoke_test_is_the_failed_step(tmp_path):
+    run_dir = finished_run(tmp_path / "run")
+    write_task(run_dir, "deploy", {"deployment": {"endpoint": "e"}})
+    write_task(run_dir, "smoke-test", None)  # kfp.local leaves no output for a task that raised
+    summary = summarize_run("FAILED", "local", run_dir / "run-summary" / "summary")
+    assert summary["failed_task"] == "smoke-test" and summary["smoke_test"] is None
