@@ -158,7 +158,12 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
                             gate_margin=gate_margin, gate_alpha=gate_alpha, registry_uri=registry_uri,
                             model_display_name=model_display_name, registered_weights=registered_weights,
                             hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
-                            service_account=service_account, tensorboard=tensorboard)
+                            service_account=service_account, tensorboard=tensorboard,
+                            deploy_endpoint=deploy_endpoint, deploy_machine_type=deploy_machine_type,
+                            deploy_accelerator_type=deploy_accelerator_type,
+                            deploy_accelerator_count=deploy_accelerator_count,
+                            deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
+                            deploy_traffic_percentage=deploy_traffic_percentage)
             data = prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings, model_id=base_model,
                            hf_token_secret=hf_token_secret).after(checked)
             prepared = data.outputs["prepared_data"]
