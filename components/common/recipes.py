@@ -80,8 +80,8 @@ class EvalSpec:
 
 @dataclass
 class ServingSpec:
-    """How the registered model is served: vLLM's flags in Model Garden's container (written by register,
-    read by deploy) and the local server's context length."""
+    """How the registered model is served: vLLM's flags in Model Garden's container, which register writes into
+    the registered model and the deploy step's endpoint then runs with."""
 
     max_model_len: int = 4096  # prompt + answer tokens; MedQA prompts stay under 512, answers under 512
     gpu_memory_utilization: float = 0.9

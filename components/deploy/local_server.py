@@ -34,13 +34,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_command(model_dir: str, port: int, max_model_len: int) -> list[str]:
+def serve_command(model_dir: str, port: int) -> list[str]:
+    # Flags that transformers 5.24 (the lock's pin) has; it serves up to the model's own context length.
     return [sys.executable, "-m", "transformers.cli.transformers", "serve", model_dir, "--host", "127.0.0.1",
-            "--port", str(port), "--max-model-len", str(max_model_len), "--log-level", "warning"]
+            "--port", str(port), "--log-level", "warning"]
 
 
 @contextlib.contextmanager
-def transformers_serve(model_dir: str, *, max_model_len: int, log_path: str | Path,
+def transformers_serve(model_dir: str, *, log_path: str | Path,
                        startup_timeout_s: float = 300.0) -> Iterator[str]:
     """Start ``transformers serve`` on ``model_dir``; yield its base URL once /health answers; stop it after."""
     import requests
@@ -55,7 +56,7 @@ def transformers_serve(model_dir: str, *, max_model_len: int, log_path: str | Pa
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as server_log:
         # A session of its own, so stopping it also stops the model process it spawns.
-        process = subprocess.Popen(serve_command(model_dir, port, max_model_len), stdout=server_log,
+        process = subprocess.Popen(serve_command(model_dir, port), stdout=server_log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         started = time.monotonic()

@@ -59,7 +59,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 @contextlib.contextmanager
-def open_transport(deployment: Deployment, *, max_model_len: int, work_dir: Path, api_endpoint: str | None,
+def open_transport(deployment: Deployment, *, work_dir: Path, api_endpoint: str | None,
                    credentials: Any, timeout_s: float) -> Iterator[Transport]:
     """Vertex: the endpoint's predict route. Folder endpoint: a local server over the new version's files."""
     if deployment.backend == "vertex":
@@ -69,8 +69,7 @@ def open_transport(deployment: Deployment, *, max_model_len: int, work_dir: Path
     else:
         from components.deploy.local_server import transformers_serve
 
-        with transformers_serve(deployment.model_uri, max_model_len=max_model_len,
-                                log_path=work_dir / SERVER_LOG_FILE) as base_url:
+        with transformers_serve(deployment.model_uri, log_path=work_dir / SERVER_LOG_FILE) as base_url:
             yield OpenAIServer(base_url, timeout_s=timeout_s)
 
 
@@ -151,8 +150,8 @@ def _send_prompts(deployment: Deployment, rows: list[dict[str, Any]], spec: Reci
     """Fill ``report`` with the prompts' metrics; what failed, or None."""
     decoding = spec.evaluation
     try:
-        with open_transport(deployment, max_model_len=spec.serving.max_model_len, work_dir=work_dir,
-                            api_endpoint=api_endpoint, credentials=credentials, timeout_s=timeout_s) as transport:
+        with open_transport(deployment, work_dir=work_dir, api_endpoint=api_endpoint, credentials=credentials,
+                            timeout_s=timeout_s) as transport:
             client = ChatClient(transport, max_tokens=decoding.max_new_tokens,
                                 temperature=decoding.temperature if decoding.do_sample else 0.0,
                                 top_p=decoding.top_p if decoding.do_sample else 1.0, seed=decoding.seed)
