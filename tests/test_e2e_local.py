@@ -32,7 +32,8 @@ def test_local_run_trains_gates_registers_and_serves(tmp_path):
     assert aliases["champion"] == aliases["challenger"] == int(summary["registered_version"])
     # The registered merged weights, deployed to the local endpoint, answered through transformers serve.
     smoke = summary["smoke_test"]
-    assert smoke["passed"] and smoke["n"] == 20 and smoke["format_rate"] >= 0.9
+    assert summary["state"] == "SUCCEEDED" and summary["deployed_to"].endswith("_endpoints/medgemma-grpo-demo-endpoint")
+    assert smoke["n"] == 20 and smoke["format_rate"] >= 0.9
     assert "baseline" in result.stdout and "McNemar" in result.stdout and "smoke test" in result.stdout
     # Medical-data hygiene holds for the demo too: no question text in the run's logs.
     assert "Examination shows" not in result.stdout + result.stderr
