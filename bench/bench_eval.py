@@ -23,6 +23,7 @@ import math
 import platform
 import random
 import time
+from pathlib import Path
 
 from components.common.recipes import EvalSpec
 from components.generator.step_timing import peak_gib, reset_peak, sync

@@ -128,8 +128,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
             eval_question_limit: Evaluate on the first N test questions only; 0 evaluates them all.
             gpu_task_cpus: CPUs of each one-VM GPU task (training, evaluations), e.g. "12".
             gpu_task_memory: Memory of each one-VM GPU task, e.g. "85G".
-            gate_margin: Accuracy gain the tuned model needs over the baseline to be registered (0.02 = 2 points).
-            gate_alpha: Significance the gain needs (McNemar p-value below this).
+            gate_margin: Accuracy gain the tuned model needs over the baseline to be registered, and over the champion to replace it (0.02 = 2 points).
+            gate_alpha: Significance the gain needs (p-value of the paired test below this).
             registry_uri: Where to register: vertex:// (this run's project and region), vertex://projects/P/locations/L, or a folder.
             model_display_name: Registered model name; each run that passes the gate adds a version.
             registered_weights: What to register: merged (full weights, what the deploy step serves) or adapter (LoRA; not deployable: docs/vertex.md).
@@ -196,7 +196,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
                            tuned_evaluation=tuned.outputs["evaluation"], margin=gate_margin, alpha=gate_alpha)
             with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
                 registered = register(
-                    model=tuned_model, comparison=gate.outputs["comparison"], registry_uri=registry_uri,
+                    model=tuned_model, comparison=gate.outputs["comparison"],
+                    tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
                     model_name=model_display_name, recipe=recipe, overrides=recipe_settings, base_model=base_model,
                     data_fingerprint=data.outputs["Output"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     serving_mode=registered_weights, encryption_key=encryption_key,

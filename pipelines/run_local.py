@@ -3,8 +3,8 @@
 The same pipeline Vertex runs, through kfp.local (SubprocessRunner, this Python environment), with the tiny
 offline Gemma 3 model, the bundled synthetic demo data and the ``tiny-cpu`` recipe. Registration goes to a
 file registry under the pipeline root; the registered model is deployed to a folder endpoint next to it and
-smoke-tested through a real local server (``transformers serve``) unless ``--no-deploy``. Prints the run summary the pipeline's exit task wrote (the same one a
-Vertex run logs); ``--summary-json`` writes it as JSON.
+smoke-tested through a real local server (``transformers serve``) unless ``--no-deploy``. Prints the run summary
+the pipeline's exit task wrote (the same one a Vertex run logs); ``--summary-json`` writes it as JSON.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from components.common.artifacts import RunSummary, read_document
 from components.common.errors import UserError, cli_main
 
 log = logging.getLogger("run_local")
@@ -52,24 +54,34 @@ def _newest_run_dir(pipeline_root: Path, before: set[Path]) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def collect_summary(run_dir: Path, wall_seconds: float) -> dict[str, Any]:
-    """The summary the pipeline's exit task wrote (the same one a Vertex run logs), plus the wall time."""
+@dataclass(frozen=True)
+class LocalRun:
+    """The summary the pipeline's exit task wrote (the same one a Vertex run logs), the run folder, the wall time."""
+
+    summary: RunSummary
+    run_dir: Path
+    wall_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary.model_dump(mode="json"), "run_dir": str(self.run_dir),
+                "wall_seconds": round(self.wall_seconds, 1)}
+
+    def table(self) -> str:
+        from components.run_summary.core import render_summary
+
+        return render_summary(self.summary) + f"\n{'wall time':18}{self.wall_seconds:.0f} s"
+
+
+def collect_summary(run_dir: Path, wall_seconds: float) -> LocalRun:
     from components.run_summary.core import SUMMARY_FILE
 
     summary_file = run_dir / "run-summary" / "summary" / SUMMARY_FILE
     if not summary_file.is_file():
         raise UserError(f"the run under {run_dir} wrote no run summary (see the task logs above)")
-    summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    return {**summary, "run_dir": str(run_dir), "wall_seconds": round(wall_seconds, 1)}
+    return LocalRun(read_document(RunSummary, summary_file), run_dir, wall_seconds)
 
 
-def format_table(summary: dict[str, Any]) -> str:
-    from components.run_summary.core import render_summary
-
-    return render_summary(summary) + f"\n{'wall time':18}{summary['wall_seconds']:.0f} s"
-
-
-def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01, deploy: bool = True) -> dict[str, Any]:
+def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01, deploy: bool = True) -> LocalRun:
     from kfp import local
 
     from components.demo_data import bundled_demo_dir
@@ -106,13 +118,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the deploy + smoke test through a local server (transformers serve)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    summary = run_local(args.workdir, gate_alpha=args.gate_alpha, deploy=args.deploy)
-    print("\n" + format_table(summary))
+    run = run_local(args.workdir, gate_alpha=args.gate_alpha, deploy=args.deploy)
+    print("\n" + run.table())
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
-    if summary["state"] != "SUCCEEDED":
-        raise UserError(f"the run ended {summary['state']}" + (f" in task {summary['failed_task']}" if summary["failed_task"] else ""))
+        Path(args.summary_json).write_text(json.dumps(run.to_json(), indent=2) + "\n")
+    if run.summary.state != "SUCCEEDED":
+        failed = f" in task {run.summary.failed_task}" if run.summary.failed_task else ""
+        raise UserError(f"the run ended {run.summary.state}{failed}")
 
 
 if __name__ == "__main__":

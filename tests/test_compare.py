@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ def _write_eval(folder: Path, correct_by_id: dict[str, bool], model: str = "goog
         for qid, ok in correct_by_id.items()
     ]
     write_jsonl(folder / "predictions.jsonl", rows)
-    write_json(folder / "metrics.json", {"model": model, "n": len(rows), "accuracy": sum(correct_by_id.values()) / len(rows)})
+    accuracy = sum(correct_by_id.values()) / len(rows)
+    write_json(folder / "metrics.json", {"schema_version": 1, "model": model, "n": len(rows), "samples": len(rows),
+                                         "accuracy": accuracy, "ci_low": 0.0, "ci_high": 1.0})
     return folder
 
 
@@ -30,7 +33,8 @@ def test_compare_counts_discordant_pairs_and_gates(tmp_path):
     assert result["n"] == 100
     assert result["baseline_accuracy"] == pytest.approx(0.5) and result["tuned_accuracy"] == pytest.approx(0.7)
     assert result["delta"] == pytest.approx(0.2)
-    assert (result["baseline_only_correct"], result["tuned_only_correct"]) == (0, 20)
+    assert (result["questions_baseline_better"], result["questions_tuned_better"]) == (0, 20)
+    assert (result["test"], result["favours"], result["schema_version"]) == ("mcnemar_exact", "tuned", 1)
     assert result["p_value"] == pytest.approx(2 * 0.5**20)
     assert result["delta_ci_low"] < 0.2 < result["delta_ci_high"]
     assert result["passes_gate"] is True
@@ -60,7 +64,8 @@ def test_mismatched_question_sets_name_counts_and_ids(tmp_path):
 
 def test_k_samples_per_question_use_fractions(tmp_path):
     rows = lambda pattern: [  # noqa: E731
-        {"id": f"q{i // 2}", "correct": ok, "gold": "A", "extracted": None, "truncated": False, "tokens": 1}
+        {"id": f"q{i // 2}", "sample": i % 2, "correct": ok, "gold": "A", "extracted": None, "truncated": False,
+         "tokens": 1}
         for i, ok in enumerate(pattern)
     ]
     write_jsonl(tmp_path / "b" / "predictions.jsonl", rows([True, False, False, False]))
@@ -104,3 +109,49 @@ def test_kfp_wrapper_compiles_with_a_single_bool_output():
     outputs = component.component_spec.outputs
     assert outputs["Output"].type == "Boolean"
     assert {"comparison", "comparison_metrics", "report"} <= set(outputs)
+
+
+def _write_k_samples(folder: Path, correct_counts: list[int], k: int) -> Path:
+    """Question i gets ``correct_counts[i]`` correct samples out of ``k``."""
+    rows = [
+        {"id": f"q{i}", "sample": s, "gold": "A", "extracted": "A" if s < right else "B", "correct": s < right,
+         "truncated": False, "tokens": 3}
+        for i, right in enumerate(correct_counts)
+        for s in range(k)
+    ]
+    write_jsonl(folder / "predictions.jsonl", rows)
+    return folder
+
+
+def test_with_k_samples_the_test_measures_the_delta_not_majority_votes(tmp_path):
+    # 40 questions the baseline wins by majority (2/3 vs 1/3), 60 the tuned model gains a third (0/3 -> 1/3):
+    # the delta is positive, majority-vote McNemar would be 40:0 for the baseline.
+    baseline = _write_k_samples(tmp_path / "b", [2] * 40 + [0] * 60, k=3)
+    tuned = _write_k_samples(tmp_path / "t", [1] * 40 + [1] * 60, k=3)
+    result = compare_evaluations(baseline, tuned, tmp_path / "o", alpha=0.05)
+    assert result["delta"] == pytest.approx((60 - 40) / 3 / 100)
+    assert (result["test"], result["favours"]) == ("paired_sign_flip", "tuned")
+    assert (result["questions_baseline_better"], result["questions_tuned_better"]) == (40, 60)
+    assert result["samples_per_question"] == {"baseline": 3, "tuned": 3}
+    # Every difference is +-1/3, so the exact null is a fair binomial: P(|2B - 100| >= 20), B ~ Bin(100, 1/2).
+    exact = sum(math.comb(100, b) for b in range(101) if abs(2 * b - 100) >= 20) / 2**100
+    assert result["p_value"] == pytest.approx(exact, abs=0.004)
+    assert result["p_value"] > 0.05 and result["passes_gate"] is False
+
+
+def test_with_k_samples_a_real_gain_passes_and_a_loss_never_does(tmp_path):
+    baseline = _write_k_samples(tmp_path / "b", [1] * 100, k=4)
+    better = _write_k_samples(tmp_path / "t", [3] * 70 + [1] * 30, k=4)
+    gain = compare_evaluations(baseline, better, tmp_path / "o1")
+    assert gain["favours"] == "tuned" and gain["p_value"] < 1e-4 and gain["passes_gate"] is True
+    loss = compare_evaluations(better, baseline, tmp_path / "o2", margin=-1.0)  # any delta clears this margin
+    assert loss["favours"] == "baseline" and loss["p_value"] < 1e-4 and loss["passes_gate"] is False
+    assert "p (paired sign-flip)" in (tmp_path / "o1" / "report.md").read_text()
+
+
+def test_one_sample_baseline_against_k_sample_tuned_uses_the_sign_flip_test(tmp_path):
+    baseline = _write_eval(tmp_path / "b", {f"q{i}": i < 50 for i in range(100)})
+    tuned = _write_k_samples(tmp_path / "t", [2] * 100, k=2)
+    result = compare_evaluations(baseline, tuned, tmp_path / "o")
+    assert result["samples_per_question"] == {"baseline": 1, "tuned": 2}
+    assert result["test"] == "paired_sign_flip" and result["delta"] == pytest.approx(0.5)

@@ -426,7 +426,10 @@ def test_base_image_steps_run_without_torch_and_import_only_locked_packages(tmp_
                  "correct": i % correct_every == 0, "truncated": False, "tokens": 5, "completion": ""}
                 for i, qid in enumerate(test_ids)]
         (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-        (folder / "metrics.json").write_text(json.dumps({"n": len(rows), "model": name}))
+        accuracy = sum(row["correct"] for row in rows) / len(rows)
+        (folder / "metrics.json").write_text(json.dumps({"schema_version": 1, "n": len(rows), "samples": len(rows),
+                                                         "accuracy": accuracy, "ci_low": 0.0, "ci_high": 1.0,
+                                                         "model": name}))
     imported |= _run_as_base_image(tmp_path, "components.compare", "--baseline", str(tmp_path / "baseline"),
                                    "--tuned", str(tmp_path / "tuned"), "--output-dir", str(tmp_path / "compare"),
                                    "--margin", "0.0", "--alpha", "0.05")
@@ -435,7 +438,8 @@ def test_base_image_steps_run_without_torch_and_import_only_locked_packages(tmp_
     imported |= _run_as_base_image(tmp_path, "components.register", str(tiny), str(tmp_path / "compare"),
                                    str(tmp_path / "registry"), "--model-name", "medgemma-grpo",
                                    "--recipe", "tiny-cpu", "--pipeline-run", "base-image-test",
-                                   "--serving-mode", "merged", "--passed-gate")
+                                   "--serving-mode", "merged", "--passed-gate",
+                                   "--predictions", str(tmp_path / "tuned"))
     assert any((tmp_path / "registry").rglob("*")), "register wrote nothing to the file registry"
 
     pins = lock.read_lock(lock.lock_path("base"))

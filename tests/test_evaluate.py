@@ -104,12 +104,12 @@ def test_bad_input_names_the_row_and_field(tmp_path):
     rows = _rows(2)
     del rows[1]["answer"]
     write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(UserError, match=r"bad.jsonl row 2: missing field 'answer'"):
+    with pytest.raises(UserError, match=r"bad.jsonl line 2: field 'answer': missing"):
         load_questions(tmp_path / "bad.jsonl")
     rows = _rows(2)
     rows[0]["answer"] = "E"
     write_jsonl(tmp_path / "bad2.jsonl", rows)
-    with pytest.raises(UserError, match=r"row 1 \(id 'q0'\): answer 'E' is not one of letters"):
+    with pytest.raises(UserError, match=r"bad2.jsonl line 1: answer 'E' is not one of letters"):
         load_questions(tmp_path / "bad2.jsonl")
     write_jsonl(tmp_path / "dup.jsonl", _rows(1) + _rows(1))
     with pytest.raises(UserError, match="duplicate id 'q0'"):

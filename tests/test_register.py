@@ -5,8 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
+from fakes.artifacts import FakeArtifact
 
+from components.common.artifacts import Comparison
 from components.common.errors import UserError
+from components.common.jsonl import write_jsonl
 from components.register.__main__ import main
 from components.register.core import (
     DEFAULT_VLLM_IMAGE,
@@ -18,17 +21,25 @@ from components.register.core import (
 )
 
 COMPARISON = {
+    "schema_version": 1,
     "model": "google/medgemma-4b-it",
+    "tuned_model": "google/medgemma-4b-it",
     "baseline_accuracy": 0.5,
     "tuned_accuracy": 0.6,
     "delta": 0.1,
     "delta_ci_low": 0.02,
     "delta_ci_high": 0.18,
+    "test": "mcnemar_exact",
     "p_value": 0.004,
+    "favours": "tuned",
     "passes_gate": True,
     "margin": 0.0,
     "alpha": 0.05,
     "n": 200,
+    "samples_per_question": {"baseline": 1, "tuned": 1},
+    "questions_baseline_better": 10,
+    "questions_tuned_better": 30,
+    "bootstrap": {"resamples": 10000, "seed": 0, "confidence": 0.95},
 }
 
 
@@ -47,9 +58,24 @@ def make_comparison(folder: Path, **overrides) -> Path:
     return path
 
 
-def register(tmp_path: Path, run: str, passes_gate: bool = True, **kwargs):
+def write_predictions(folder: Path, correct: list[bool], first_id: int = 0) -> Path:
+    """evaluate's predictions.jsonl: question ``first_id + i`` answered correctly when ``correct[i]``."""
+    rows = [{"id": f"q{first_id + i}", "gold": "A", "extracted": "A" if ok else "B", "correct": ok,
+             "truncated": False, "tokens": 7} for i, ok in enumerate(correct)]
+    write_jsonl(folder / "predictions.jsonl", rows)
+    return folder
+
+
+def register(tmp_path: Path, run: str, passes_gate: bool = True, correct: list[bool] | None = None,
+             first_id: int = 0, **kwargs):
+    """Register the run's model; ``correct``: its per-question test results, stored with the version."""
     adapter = make_adapter(tmp_path / "train" / "adapter")
-    comparison = make_comparison(tmp_path / f"compare-{run}", passes_gate=passes_gate)
+    n = len(correct) if correct else COMPARISON["n"]
+    tuned_accuracy = sum(correct) / n if correct else COMPARISON["tuned_accuracy"]
+    comparison = make_comparison(tmp_path / f"compare-{run}", passes_gate=passes_gate, n=n,
+                                 tuned_accuracy=tuned_accuracy)
+    if correct is not None:
+        kwargs["predictions_path"] = str(write_predictions(tmp_path / f"eval-{run}", correct, first_id))
     return register_model(
         str(adapter),
         str(comparison),
@@ -94,14 +120,66 @@ def test_first_version_gets_challenger_and_champion_and_default_when_gate_passed
     assert "| Tuned accuracy | 60.0% |" in (version_dir / "description.md").read_text()
 
 
-def test_champion_moves_only_when_the_gate_passed(tmp_path):
-    register(tmp_path, "run-1", passes_gate=True)
-    second = register(tmp_path, "run-2", passes_gate=False)
-    assert second.version == "2" and second.aliases == ["challenger"]
+HALF = [i % 2 == 0 for i in range(200)]  # 100 of 200 right
+BETTER = [i % 2 == 0 or i % 10 in (1, 3, 5) for i in range(200)]  # the same 100 plus 60 more: 160 of 200
+
+
+def test_champion_moves_only_to_a_version_that_beats_the_champion(tmp_path):
+    first = register(tmp_path, "run-1", correct=HALF)
+    assert first.champion_decision.rule == "no_champion_yet" and "champion" in first.aliases
+    stored = tmp_path / "registry" / "medgemma-medqa" / "versions" / "1" / "predictions.jsonl"
+    assert stored.read_text() == (tmp_path / "eval-run-1" / "predictions.jsonl").read_text()
+    assert first.predictions_uri == str(stored)
+
+    # Beats the base model (its gate passed) but only ties the champion: stays challenger.
+    tie = register(tmp_path, "run-2", correct=HALF[1:] + HALF[:1])
+    assert tie.aliases == ["challenger"]
+    decision = tie.champion_decision
+    assert (decision.rule, decision.becomes_champion, decision.champion_version) == ("paired_test", False, "1")
+    assert decision.delta == 0.0 and decision.n == 200
     assert aliases(tmp_path) == {"challenger": 2, "champion": 1, "default": 1}
-    third = register(tmp_path, "run-3", passes_gate=True)
-    assert third.aliases == ["challenger", "champion", "default"]
+
+    better = register(tmp_path, "run-3", correct=BETTER)
+    assert better.aliases == ["challenger", "champion", "default"]
+    assert better.champion_decision.champion_accuracy == 0.5 and better.champion_decision.delta == pytest.approx(0.3)
+    assert better.champion_decision.p_value == pytest.approx(2 * 0.5**60)
     assert aliases(tmp_path) == {"challenger": 3, "champion": 3, "default": 3}
+    description = (Path(better.resource_name) / "description.md").read_text()
+    assert "| | Base model | Champion (version 1) | Challenger (this version) |" in description
+    assert "| Test accuracy | 50.0% | 50.0% | 80.0% |" in description
+    assert "Champion: moves to this version (the challenger beats the champion on the same 200 questions" in description
+
+    failed = register(tmp_path, "run-4", passes_gate=False, correct=[True] * 200)
+    assert failed.aliases == ["challenger"] and failed.champion_decision.rule == "gate_failed"
+    assert aliases(tmp_path)["champion"] == 3
+
+
+def test_a_champion_tested_on_other_questions_stays_and_the_log_says_why(tmp_path, caplog):
+    register(tmp_path, "run-1", correct=HALF)
+    with caplog.at_level("WARNING"):
+        other = register(tmp_path, "run-2", correct=[True] * 200, first_id=100)
+    assert other.aliases == ["challenger"] and other.champion_decision.rule == "champion_kept_not_comparable"
+    assert ("champion: stays (the champion was tested on other questions (200 vs 200 ids, 100 shared); "
+            "move the alias by hand to promote)") in caplog.text
+    assert aliases(tmp_path)["champion"] == 1
+
+
+def test_a_champion_without_stored_predictions_stays(tmp_path):
+    register(tmp_path, "run-1")  # registered without its predictions
+    second = register(tmp_path, "run-2", correct=[True] * 200)
+    assert second.aliases == ["challenger"]
+    assert second.champion_decision.reason.startswith("no usable stored test predictions for the champion")
+
+
+def test_a_champion_whose_stored_predictions_are_broken_stays_and_the_log_names_the_file(tmp_path, caplog):
+    register(tmp_path, "run-1", correct=HALF)
+    stored = tmp_path / "registry" / "medgemma-medqa" / "versions" / "1" / "predictions.jsonl"
+    stored.write_text(stored.read_text().replace('"correct": true', '"correct": "true"', 1))
+    with caplog.at_level("WARNING"):
+        second = register(tmp_path, "run-2", correct=BETTER)
+    assert second.aliases == ["challenger"] and second.champion_decision.rule == "champion_kept_not_comparable"
+    assert (f"champion version 1: its stored predictions are unusable: {stored} line 1: field 'correct': "
+            "expected a boolean, got 'true'") in caplog.text
 
 
 def test_first_version_is_default_even_when_the_gate_failed(tmp_path):
@@ -125,13 +203,13 @@ def test_retried_registration_returns_the_existing_version_and_creates_none(tmp_
 
 
 def test_retry_finishes_aliases_an_interrupted_attempt_left_unset(tmp_path):
-    register(tmp_path, "run-1")
-    register(tmp_path, "run-2", passes_gate=True)
+    register(tmp_path, "run-1", correct=HALF)
+    register(tmp_path, "run-2", correct=BETTER)
     # Simulate a crash of run-2 after its version was written but before aliases moved.
     (tmp_path / "registry" / "medgemma-medqa" / "aliases.json").write_text(
         json.dumps({"challenger": 1, "champion": 1, "default": 1})
     )
-    retry = register(tmp_path, "run-2", passes_gate=True)
+    retry = register(tmp_path, "run-2", correct=BETTER)
     assert retry.created is False and retry.aliases == ["challenger", "champion", "default"]
     assert aliases(tmp_path) == {"challenger": 2, "champion": 2, "default": 2}
 
@@ -211,8 +289,8 @@ def test_model_dir_without_adapter_files_is_rejected(tmp_path):
 
 
 def test_comparison_must_hold_the_gate_fields(tmp_path):
-    (tmp_path / "comparison.json").write_text(json.dumps({"tuned_accuracy": 0.5}))
-    with pytest.raises(UserError, match="lacks baseline_accuracy, delta, p_value, passes_gate"):
+    (tmp_path / "comparison.json").write_text(json.dumps({"schema_version": 1, "tuned_accuracy": 0.5}))
+    with pytest.raises(UserError, match=r"comparison.json: field 'model': missing \(and 16 more problems\)$"):
         load_comparison(tmp_path)
     with pytest.raises(UserError, match="comparison_path: .* not found"):
         load_comparison(tmp_path / "missing")
@@ -226,11 +304,13 @@ def test_register_accepts_the_compare_steps_real_output(tmp_path):
         rows = [{"id": str(i), "gold": "A", "extracted": "A" if ok else "B", "correct": ok, "truncated": False,
                  "tokens": 5} for i, ok in enumerate(correct)]
         write_jsonl(tmp_path / name / "predictions.jsonl", rows)
-        write_json(tmp_path / name / "metrics.json", {"model": "m", "n": 4, "accuracy": sum(correct) / 4})
+        write_json(tmp_path / name / "metrics.json", {"schema_version": 1, "model": "m", "n": 4, "samples": 4,
+                                                      "accuracy": sum(correct) / 4, "ci_low": 0.0, "ci_high": 1.0})
     comparison = compare_evaluations(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "compare"))
     result = register_model(str(make_adapter(tmp_path / "adapter")), str(tmp_path / "compare"),
                             str(tmp_path / "registry"), model_name="m", base_model="b", recipe="tiny-cpu",
-                            data_fingerprint="", pipeline_run="run-1", serving_mode="adapter")
+                            data_fingerprint="", pipeline_run="run-1", serving_mode="adapter",
+                            predictions_path=str(tmp_path / "tuned"))
     assert result.labels["passed_gate"] == str(comparison["passes_gate"]).lower()
 
 
@@ -246,7 +326,7 @@ def test_labels_follow_vertex_rules_and_long_values_stay_distinct():
 
 
 def test_results_table_shows_the_comparison_numbers():
-    table = results_table(COMPARISON)
+    table = results_table(Comparison.model_validate(COMPARISON))
     assert "| Baseline accuracy | 50.0% |" in table
     assert "| Delta | 10.0% (95% CI 2.0% to 18.0%) |" in table
     assert "| p-value (McNemar) | 0.004 |" in table
@@ -283,18 +363,42 @@ def test_kfp_wrapper_writes_the_registered_reference(tmp_path):
     model.path = str(adapter)
     comparison = dsl.Artifact(uri=str(comparison_dir))
     comparison.path = str(comparison_dir)
+    make_comparison(comparison_dir, n=4)
+    evaluation = FakeArtifact(write_predictions(tmp_path / "eval", [True, True, False, True]))
     registered = dsl.Artifact(uri=str(tmp_path / "out" / "registered_model"))
     registered.path = str(tmp_path / "out" / "registered_model")
+    report = FakeArtifact(tmp_path / "out" / "champion_report")
     (tmp_path / "out").mkdir()
 
     returned = register_component(
-        model=model, comparison=comparison, registered_model=registered, registry_uri=str(tmp_path / "registry"),
+        model=model, comparison=comparison, tuned_evaluation=evaluation, registered_model=registered,
+        champion_report=report, registry_uri=str(tmp_path / "registry"),
         model_name="medgemma-medqa", recipe="medgemma-4b", pipeline_run="kfp-run", serving_mode="adapter",
     )
     assert returned == str(tmp_path / "registry" / "medgemma-medqa" / "versions" / "1")
     written = json.loads((Path(registered.path) / "registration.json").read_text())
-    assert written["resource_name"] == returned
+    assert written["resource_name"] == returned and written["schema_version"] == 1
+    assert written["champion_decision"]["rule"] == "no_champion_yet"
     assert registered.metadata["aliases"] == ["challenger", "champion", "default"]
+    assert "| Test accuracy | 50.0% | n/a | 60.0% |" in Path(report.path).read_text()
+
+
+def test_kfp_wrapper_turns_a_bad_comparison_into_one_line_and_exit_2(tmp_path, capsys):
+    from components.register.component import register_model as register_component
+
+    make_comparison(tmp_path / "compare", passes_gate="false")
+    with pytest.raises(SystemExit) as exited:
+        register_component(
+            model=FakeArtifact(make_adapter(tmp_path / "adapter")), comparison=FakeArtifact(tmp_path / "compare"),
+            tuned_evaluation=FakeArtifact(tmp_path / "eval"), registered_model=FakeArtifact(tmp_path / "out"),
+            champion_report=FakeArtifact(tmp_path / "report"), registry_uri=str(tmp_path / "registry"),
+            model_name="m", recipe="r", pipeline_run="run",
+        )
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: comparison_path: {tmp_path / 'compare' / 'comparison.json'}: field 'passes_gate': expected a "
+        "boolean, got 'false'\n"
+    )
 
 
 def test_kfp_wrapper_compiles_as_a_lightweight_component(tmp_path):

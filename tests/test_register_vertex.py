@@ -51,26 +51,42 @@ def model_dir(tmp_path):
     return adapter
 
 
-def write_comparison(folder: Path, passes_gate: bool) -> Path:
+def write_comparison(folder: Path, passes_gate: bool, n: int = 400, tuned_accuracy: float = 0.625) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     comparison = {
+        "schema_version": 1,
         "model": "google/medgemma-4b-it",
+        "tuned_model": "google/medgemma-4b-it",
         "baseline_accuracy": 0.5,
-        "tuned_accuracy": 0.625,
+        "tuned_accuracy": tuned_accuracy,
         "delta": 0.125,
         "delta_ci_low": 0.05,
         "delta_ci_high": 0.2,
+        "test": "mcnemar_exact",
         "p_value": 0.003,
+        "favours": "tuned",
         "passes_gate": passes_gate,
         "margin": 0.0,
         "alpha": 0.05,
-        "n": 400,
+        "n": n,
+        "samples_per_question": {"baseline": 1, "tuned": 1},
+        "questions_baseline_better": 20,
+        "questions_tuned_better": 70,
+        "bootstrap": {"resamples": 10000, "seed": 0, "confidence": 0.95},
     }
     (folder / "comparison.json").write_text(json.dumps(comparison))
     return folder / "comparison.json"
 
 
-def register(vertex, tmp_path, model_dir, run, passes_gate=True, **overrides):
+def write_predictions(folder: Path, correct: list[bool]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"q{i}", "gold": "A", "extracted": "A" if ok else "B", "correct": ok, "truncated": False,
+             "tokens": 5} for i, ok in enumerate(correct)]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def register(vertex, tmp_path, model_dir, run, passes_gate=True, correct=None, **overrides):
     kwargs = dict(
         model_name="medgemma-medqa",
         base_model="google/medgemma-4b-it",
@@ -83,7 +99,12 @@ def register(vertex, tmp_path, model_dir, run, passes_gate=True, **overrides):
         credentials=AnonymousCredentials(),
     )
     kwargs.update(overrides)
-    comparison = write_comparison(tmp_path / f"compare-{run}", passes_gate)
+    if correct is not None:
+        kwargs["predictions_path"] = str(write_predictions(tmp_path / f"eval-{run}", correct))
+        comparison = write_comparison(tmp_path / f"compare-{run}", passes_gate, n=len(correct),
+                                      tuned_accuracy=sum(correct) / len(correct))
+    else:
+        comparison = write_comparison(tmp_path / f"compare-{run}", passes_gate)
     return register_model(str(model_dir), str(comparison), REGISTRY, **kwargs)
 
 
@@ -145,9 +166,13 @@ def test_first_registration_uploads_files_and_a_deployable_vllm_model(vertex, gc
     assert result.aliases == ["challenger", "champion", "default"]
 
 
+HALF = [i % 2 == 0 for i in range(200)]
+BETTER = [i % 2 == 0 or i % 10 in (1, 3, 5) for i in range(200)]
+
+
 def test_next_run_is_a_new_version_of_the_parent_and_champion_stays_when_gate_failed(vertex, gcs, tmp_path, model_dir):
-    register(vertex, tmp_path, model_dir, "run-1", passes_gate=True)
-    second = register(vertex, tmp_path, model_dir, "run-2", passes_gate=False)
+    register(vertex, tmp_path, model_dir, "run-1", passes_gate=True, correct=HALF)
+    second = register(vertex, tmp_path, model_dir, "run-2", passes_gate=False, correct=BETTER)
 
     first_upload, second_upload = uploads(vertex)
     assert second_upload["parentModel"] == f"projects/{PROJECT}/locations/{LOCATION}/models/1000"
@@ -159,10 +184,11 @@ def test_next_run_is_a_new_version_of_the_parent_and_champion_stays_when_gate_fa
     # the parent was looked up by display name, and this run's label was checked before uploading
     lookups = [r.query["filter"] for r in vertex.requests_to("GET", r"/models$")]
     assert lookups == ['display_name="medgemma-medqa"'] * 2
-    [versions_query] = vertex.requests_to("GET", r":listVersions$")
-    assert versions_query.query["filter"] == 'labels.pipeline_run="run-2"'
+    run_query, champion_query = vertex.requests_to("GET", r":listVersions$")
+    assert run_query.query["filter"] == 'labels.pipeline_run="run-2"'
+    assert "filter" not in champion_query.query  # every version, to find the one holding 'champion'
 
-    third = register(vertex, tmp_path, model_dir, "run-3", passes_gate=True)
+    third = register(vertex, tmp_path, model_dir, "run-3", passes_gate=True, correct=BETTER)
     assert sorted(uploads(vertex)[2]["versionAliases"]) == ["challenger", "champion", "default"]
     assert third.aliases == ["challenger", "champion", "default"]
     assert [sorted(v["versionAliases"]) for v in vertex.model_versions("1000")] == [
@@ -170,6 +196,7 @@ def test_next_run_is_a_new_version_of_the_parent_and_champion_stays_when_gate_fa
         [],
         ["challenger", "champion", "default"],
     ]
+    assert third.champion_decision.rule == "paired_test" and third.champion_decision.champion_version == "1"
 
 
 def test_retried_registration_sends_no_second_upload_or_evaluation(vertex, gcs, tmp_path, model_dir):
@@ -253,17 +280,21 @@ def test_kfp_wrapper_stages_local_files_under_its_output_in_the_pipeline_root(ve
 
     model = dsl.Model(uri=str(model_dir))
     model.path = str(model_dir)
-    comparison_file = write_comparison(tmp_path / "compare", passes_gate=True)
+    comparison_file = write_comparison(tmp_path / "compare", passes_gate=True, n=len(HALF))
     comparison = dsl.Artifact(uri=str(comparison_file))
     comparison.path = str(comparison_file)
+    evaluation = dsl.Artifact(uri=str(tmp_path / "eval"))
+    evaluation.path = str(write_predictions(tmp_path / "eval", HALF))
     output_uri = f"gs://{BUCKET}/root/run-kfp/register-model/registered_model"
     registered = dsl.Artifact(uri=output_uri)
     registered.custom_path = str(tmp_path / "gcs-mount" / "registered_model")  # stands in for the /gcs/ mount
+    report = dsl.Markdown(uri=f"gs://{BUCKET}/root/run-kfp/register-model/champion_report")
+    report.custom_path = str(tmp_path / "gcs-mount" / "champion_report")
 
     returned = register_component(
-        model=model, comparison=comparison, registered_model=registered, registry_uri=REGISTRY,
-        model_name="medgemma-medqa", recipe="medgemma-4b-h100", pipeline_run="run-kfp", api_endpoint=vertex.endpoint,
-        serving_mode="adapter",
+        model=model, comparison=comparison, tuned_evaluation=evaluation, registered_model=registered,
+        champion_report=report, registry_uri=REGISTRY, model_name="medgemma-medqa", recipe="medgemma-4b-h100",
+        pipeline_run="run-kfp", api_endpoint=vertex.endpoint, serving_mode="adapter",
     )
     [upload] = uploads(vertex)
     assert upload["artifactUri"] == f"{output_uri}/model"
@@ -271,6 +302,44 @@ def test_kfp_wrapper_stages_local_files_under_its_output_in_the_pipeline_root(ve
     assert returned == f"projects/{PROJECT}/locations/{LOCATION}/models/1000@1"
     assert registered.metadata["resource_name"] == returned
     assert json.loads((Path(registered.path) / "registration.json").read_text())["version"] == "1"
+    assert "Champion: moves to this version (no champion yet" in Path(report.path).read_text()
+
+
+def test_champion_moves_only_to_a_version_that_beats_it_on_the_stored_predictions(vertex, gcs, tmp_path, model_dir):
+    first = register(vertex, tmp_path, model_dir, "run-1", correct=HALF)
+    stored = f"gs://{BUCKET}/root/run-1/register-model/registered_model/test_predictions.jsonl"
+    assert first.predictions_uri == stored
+    assert gcs_objects("root/run-1/register-model/registered_model/test_")  == [stored.removeprefix(f"gs://{BUCKET}/")]
+    [imported] = vertex.requests_to("POST", r"evaluations:import$")
+    assert imported.body["modelEvaluation"]["metadata"]["predictions_uri"] == stored
+
+    tie = register(vertex, tmp_path, model_dir, "run-2", correct=HALF[1:] + HALF[:1])
+    assert tie.aliases == ["challenger"]
+    assert (tie.champion_decision.rule, tie.champion_decision.champion_version) == ("paired_test", "1")
+    assert [sorted(v["versionAliases"]) for v in vertex.model_versions("1000")] == [["champion", "default"], ["challenger"]]
+    assert "| | Base model | Champion (version 1) | Challenger (this version) |" in uploads(vertex)[1]["description"]
+
+    better = register(vertex, tmp_path, model_dir, "run-3", correct=BETTER)
+    assert better.aliases == ["challenger", "champion", "default"]
+    assert better.champion_decision.p_value == pytest.approx(2 * 0.5**60)
+    assert "| Test accuracy | 50.0% | 50.0% | 80.0% |" in uploads(vertex)[2]["description"]
+
+
+def test_a_champion_tested_on_other_questions_stays_on_vertex(vertex, gcs, tmp_path, model_dir, caplog):
+    register(vertex, tmp_path, model_dir, "run-1", correct=HALF)
+    with caplog.at_level(logging.WARNING):
+        other = register(vertex, tmp_path, model_dir, "run-2", correct=[True] * 150)
+    assert other.aliases == ["challenger"]
+    assert "champion: stays (the champion was tested on other questions (200 vs 150 ids, 150 shared)" in caplog.text
+
+
+def test_a_staging_bucket_that_does_not_exist_is_one_line(vertex, gcs, tmp_path, model_dir):
+    with pytest.raises(UserError) as raised:
+        register(vertex, tmp_path, model_dir, "run-x", staging_uri="gs://no-such-bucket/root/model")
+    assert str(raised.value) == (
+        "staging_uri: bucket 'no-such-bucket' does not exist or these credentials cannot see it (NotFound)"
+    )
+    assert vertex.requests_to("POST", r"models:upload$") == []
 
 
 def test_cmek_key_reaches_the_model_upload(vertex, gcs, tmp_path, model_dir):

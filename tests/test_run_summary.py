@@ -9,6 +9,7 @@ import pytest
 from fakes.vertex import FakeVertex
 from google.auth.credentials import AnonymousCredentials
 
+from components.common.artifacts import RunSummary, read_document
 from components.run_summary.__main__ import main
 from components.run_summary.core import build_summary, render_summary, summarize_run, tasks_from_vertex
 
@@ -37,7 +38,7 @@ def finished_run(run_dir: Path) -> Path:
     write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
     write_task(run_dir, "train", {"training_metrics": {}})
     write_task(run_dir, "tuned-eval", {"metrics": TUNED})
-    write_task(run_dir, "compare", {"comparison_metrics": COMPARISON})
+    write_task(run_dir, "compare", {"comparison_metrics": COMPARISON, "comparison": {"test": "mcnemar_exact"}})
     write_task(run_dir, "register", {"registered_model": REGISTRATION})
     return run_dir
 
@@ -45,12 +46,13 @@ def finished_run(run_dir: Path) -> Path:
 def test_a_finished_local_run_is_summarized_and_written(tmp_path):
     run_dir = finished_run(tmp_path / "medgemma-grpo-2026")
     summary = summarize_run("SUCCEEDED", "local-pipeline-exit-handler-1", run_dir / "run-summary" / "summary")
-    assert summary["state"] == "SUCCEEDED" and summary["failed_task"] is None
-    assert summary["baseline_ci"] == [0.215, 0.326] and summary["tuned_ci"] == [0.52, 0.644]
-    assert summary["p_value"] == 1.2e-15 and summary["n"] == 240 and summary["passes_gate"] is True
-    assert summary["registered_at"] == REGISTRATION["resource_name"] and summary["data_fingerprint"] == "0123abcd4567ef89"
+    assert summary.state == "SUCCEEDED" and summary.failed_task is None
+    assert summary.baseline_ci == [0.215, 0.326] and summary.tuned_ci == [0.52, 0.644]
+    assert summary.p_value == 1.2e-15 and summary.n == 240 and summary.passes_gate is True
+    assert summary.test == "mcnemar_exact"
+    assert summary.registered_at == REGISTRATION["resource_name"] and summary.data_fingerprint == "0123abcd4567ef89"
     written = run_dir / "run-summary" / "summary"
-    assert json.loads((written / "summary.json").read_text()) == summary
+    assert read_document(RunSummary, written / "summary.json") == summary
     table = (written / "summary.md").read_text()
     assert "baseline               0.267  [0.215, 0.326]" in table
     assert "registered        projects/p/locations/l/models/7@2 (version 2)" in table
@@ -64,7 +66,7 @@ def test_a_failed_run_names_the_step_that_failed(tmp_path):
     write_task(run_dir, "train", None)  # started, never finished
     summary = summarize_run("FAILED", "local-pipeline-exit-handler-1", run_dir / "run-summary" / "summary",
                             error_message="Task exit-handler-1 failed.")
-    assert summary["failed_task"] == "train" and summary["tuned_accuracy"] is None and not summary["registered"]
+    assert summary.failed_task == "train" and summary.tuned_accuracy is None and not summary.registered
     table = render_summary(summary)
     assert table.splitlines()[0] == "run               FAILED (failed task: train)"
     assert "tuned (GRPO)             n/a" in table and "registered        not registered" in table
@@ -91,8 +93,8 @@ def test_vertex_task_details_are_read_from_the_pipeline_job():
         tasks = tasks_from_vertex(job, api_endpoint=vertex.endpoint, credentials=AnonymousCredentials())
         assert vertex.requests_to("GET", r"/pipelineJobs/medgemma-grpo-1$")
     summary = build_summary("FAILED", tasks)
-    assert summary["failed_task"] == "register"
-    assert summary["tuned_ci"] == [0.52, 0.644] and summary["delta_ci"] == [0.25, 0.38]
+    assert summary.failed_task == "register"
+    assert summary.tuned_ci == [0.52, 0.644] and summary.delta_ci == [0.25, 0.38]
 
 
 def test_cli_prints_a_local_runs_summary(tmp_path, capsys):
@@ -127,8 +129,19 @@ def test_a_step_that_failed_without_a_trace_is_the_first_one_missing(tmp_path):
     write_task(run_dir, "check-parameters", {}, {"Output": "custom-job"})
     write_task(run_dir, "prepare-data", {"prepared_data": {}})
     write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
-    assert build_summary("FAILED", tasks_from_local_run(run_dir))["failed_task"] == "train-custom-job"
-    assert build_summary("SUCCEEDED", tasks_from_local_run(run_dir))["failed_task"] is None
+    assert build_summary("FAILED", tasks_from_local_run(run_dir)).failed_task == "train-custom-job"
+    assert build_summary("SUCCEEDED", tasks_from_local_run(run_dir)).failed_task is None
+
+
+def test_the_p_value_line_names_the_compare_steps_test():
+    from components.run_summary.core import TaskResult
+
+    def table(test):
+        compare = TaskResult("SUCCEEDED", {"comparison_metrics": COMPARISON, "comparison": {"test": test}})
+        return render_summary(build_summary("SUCCEEDED", {"compare": compare}))
+
+    assert "McNemar p-value   1.20e-15   (n = 240 paired questions)" in table("mcnemar_exact")
+    assert "sign-flip p-value 1.20e-15   (n = 240 paired questions)" in table("paired_sign_flip")
 
 
 def test_a_deployed_run_names_the_endpoint_and_the_smoke_test_numbers(tmp_path):
@@ -137,9 +150,10 @@ def test_a_deployed_run_names_the_endpoint_and_the_smoke_test_numbers(tmp_path):
     write_task(run_dir, "smoke-test", {"metrics": {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55,
                                                    "latency_p50_s": 0.41, "latency_p95_s": 0.9, "errors": 0.0}})
     summary = summarize_run("SUCCEEDED", "local", run_dir / "run-summary" / "summary")
-    assert summary["deployed_to"] == "projects/p/locations/l/endpoints/9"
-    assert summary["smoke_test"] == {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55, "latency_p50_s": 0.41,
-                                     "latency_p95_s": 0.9}
+    assert summary.deployed_to == "projects/p/locations/l/endpoints/9"
+    assert summary.smoke_test.model_dump() == {"n": 20, "format_rate": 1.0, "accuracy": 0.55, "latency_p50_s": 0.41,
+                                               "latency_p95_s": 0.9}
+    assert read_document(RunSummary, run_dir / "run-summary" / "summary" / "summary.json") == summary
     table = render_summary(summary)
     assert "deployed          projects/p/locations/l/endpoints/9" in table
     assert "smoke test        20 prompts: format rate 1.00, accuracy 0.55, latency p50 0.41 s, p95 0.90 s" in table
@@ -150,4 +164,4 @@ def test_a_failed_smoke_test_is_the_failed_step(tmp_path):
     write_task(run_dir, "deploy", {"deployment": {"endpoint": "e"}})
     write_task(run_dir, "smoke-test", None)  # kfp.local leaves no output for a task that raised
     summary = summarize_run("FAILED", "local", run_dir / "run-summary" / "summary")
-    assert summary["failed_task"] == "smoke-test" and summary["smoke_test"] is None
+    assert summary.failed_task == "smoke-test" and summary.smoke_test is None

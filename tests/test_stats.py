@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from components.common.stats import mcnemar_exact_p, paired_bootstrap_ci, wilson_interval
+from components.common.stats import mcnemar_exact_p, paired_bootstrap_ci, paired_sign_flip_p, wilson_interval
 
 
 def test_wilson_bounds_solve_the_score_equation():
@@ -55,3 +55,16 @@ def test_paired_bootstrap_ci_of_identical_runs_is_zero():
 def test_paired_bootstrap_ci_rejects_unpaired_input():
     with pytest.raises(ValueError, match="differ in length"):
         paired_bootstrap_ci([True], [True, False])
+
+
+def test_sign_flip_on_zero_one_scores_matches_exact_mcnemar():
+    differences = [1.0] * 14 + [-1.0] * 4 + [0.0] * 80
+    p = paired_sign_flip_p(differences, resamples=200_000, seed=1)
+    assert p == pytest.approx(mcnemar_exact_p(4, 14), abs=0.003)
+    assert paired_sign_flip_p([0.0, 0.0]) == 1.0
+
+
+def test_sign_flip_is_reproducible_and_never_zero():
+    differences = [0.5] * 300 + [-0.25] * 10
+    assert paired_sign_flip_p(differences, seed=3) == paired_sign_flip_p(differences, seed=3)
+    assert paired_sign_flip_p(differences, resamples=1000) == pytest.approx(1 / 1001)

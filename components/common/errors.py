@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 
 class UserError(Exception):
@@ -30,3 +31,13 @@ def cli_main(func: Callable[[list[str] | None], object]) -> Callable[[list[str] 
         return 0
 
     return wrapper
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For KFP components: a ``UserError`` becomes one line on stderr and exit code 2, not a traceback."""
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

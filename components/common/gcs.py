@@ -45,7 +45,45 @@ def storage_client(project: str | None = None, credentials: Any = None) -> Any:
     return storage.Client(project=project, credentials=credentials)
 
 
-def upload_directory(local_dir: str | os.PathLike[str], destination_uri: str, client: Any = None) -> list[str]:
+def _missing_bucket(err: Exception, bucket_name: str, parameter: str) -> UserError:
+    return UserError(
+        f"{parameter}: bucket {bucket_name!r} does not exist or these credentials cannot see it ({type(err).__name__})"
+    )
+
+
+def upload_file(local_path: str | os.PathLike[str], destination_uri: str, client: Any = None,
+                parameter: str = "destination_uri") -> str:
+    """Copy one file to ``destination_uri`` (a ``gs://`` object); returns the URI."""
+    from google.api_core.exceptions import NotFound
+
+    bucket_name, blob_name = split_gcs_uri(destination_uri, parameter)
+    client = client or storage_client()
+    try:
+        client.bucket(bucket_name).blob(blob_name).upload_from_filename(str(local_path))
+    except NotFound as err:
+        raise _missing_bucket(err, bucket_name, parameter) from None
+    return f"{GCS_SCHEME}{bucket_name}/{blob_name}"
+
+
+def download_text(uri: str, client: Any = None, parameter: str = "uri") -> str:
+    """The UTF-8 text of one ``gs://`` object; a missing bucket or object is a one-line ``UserError``."""
+    from google.api_core.exceptions import NotFound
+
+    bucket_name, blob_name = split_gcs_uri(uri, parameter)
+    client = client or storage_client()
+    try:
+        data = client.bucket(bucket_name).blob(blob_name).download_as_bytes()
+    except NotFound:
+        raise UserError(f"{parameter}: {uri} not found (no such bucket or object)") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{uri}: not UTF-8 text (byte {err.start})") from None
+
+
+def upload_directory(
+    local_dir: str | os.PathLike[str], destination_uri: str, client: Any = None, parameter: str = "destination_uri"
+) -> list[str]:
     """Copy every file under ``local_dir`` to ``destination_uri`` keeping relative paths; returns the URIs.
 
     Re-running overwrites the same objects, so a retried task leaves the same result.
@@ -53,14 +91,19 @@ def upload_directory(local_dir: str | os.PathLike[str], destination_uri: str, cl
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
         raise UserError(f"model directory {str(local_dir)!r} does not exist or is not a directory")
-    bucket_name, prefix = split_gcs_uri(destination_uri, "destination_uri")
+    bucket_name, prefix = split_gcs_uri(destination_uri, parameter)
+    from google.api_core.exceptions import NotFound
+
     client = client or storage_client()
     bucket = client.bucket(bucket_name)
     uploaded = []
     for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         relative = file.relative_to(local_dir).as_posix()
         blob_name = f"{prefix}/{relative}" if prefix else relative
-        bucket.blob(blob_name).upload_from_filename(str(file))
+        try:
+            bucket.blob(blob_name).upload_from_filename(str(file))
+        except NotFound as err:
+            raise _missing_bucket(err, bucket_name, parameter) from None
         uploaded.append(f"{GCS_SCHEME}{bucket_name}/{blob_name}")
     if not uploaded:
         raise UserError(f"model directory {str(local_dir)!r} is empty")

@@ -1,4 +1,4 @@
-"""Compare a baseline and a tuned evaluation: paired delta, bootstrap CI, exact McNemar test, promotion gate."""
+"""Compare a baseline and a tuned evaluation: paired delta, bootstrap CI, paired test, promotion gate."""
 
 from components.compare.core import compare_evaluations
 

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tuned", required=True, help="evaluate output folder of the tuned model")
     parser.add_argument("--output-dir", required=True, help="folder for comparison.json and report.md")
     parser.add_argument("--margin", type=float, default=0.0, help="minimum accuracy gain to pass the gate (0.01 = 1 pt)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the McNemar test")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
     return parser
 
 

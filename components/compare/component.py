@@ -21,17 +21,19 @@ def compare_evaluations_component(
     import tempfile
     from pathlib import Path
 
+    from components.common.errors import exit_on_user_error
     from components.compare.core import COMPARISON_FILE, REPORT_FILE, compare_evaluations
 
     with tempfile.TemporaryDirectory() as workdir:
-        result = compare_evaluations(
-            baseline_evaluation.path, tuned_evaluation.path, workdir, margin=margin, alpha=alpha
-        )
+        with exit_on_user_error():
+            result = compare_evaluations(
+                baseline_evaluation.path, tuned_evaluation.path, workdir, margin=margin, alpha=alpha
+            )
         for source, target in ((COMPARISON_FILE, comparison.path), (REPORT_FILE, report.path)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(workdir) / source, target)
     for key in ("baseline_accuracy", "tuned_accuracy", "delta", "delta_ci_low", "delta_ci_high", "p_value", "n"):
         comparison_metrics.log_metric(key, result[key])
     comparison_metrics.log_metric("passes_gate", float(result["passes_gate"]))
-    comparison.metadata.update({"passes_gate": result["passes_gate"], "delta": result["delta"], "p_value": result["p_value"]})
+    comparison.metadata.update({key: result[key] for key in ("passes_gate", "delta", "p_value", "test")})
     return bool(result["passes_gate"])

@@ -33,17 +33,19 @@ def prepare_medqa_component(
     """
     import logging
 
+    from components.common.errors import exit_on_user_error
     from components.data_prep.outputs import prepare_for_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    outputs = prepare_for_pipeline(
-        source, prepared_data.path,
-        {"train": train_data.path, "validation": validation_data.path, "test": test_data.path,
-         "rejected": rejected_rows.path},
-        prep_summary.path, recipe=recipe, recipe_settings=list(recipe_settings),
-        tokenizer=tokenizer_model.path if tokenizer_model is not None else model_id,
-        max_reject_rate=max_reject_rate, layout=layout, num_options=num_options, hf_token_secret=hf_token_secret,
-    )
+    with exit_on_user_error():
+        outputs = prepare_for_pipeline(
+            source, prepared_data.path,
+            {"train": train_data.path, "validation": validation_data.path, "test": test_data.path,
+             "rejected": rejected_rows.path},
+            prep_summary.path, recipe=recipe, recipe_settings=list(recipe_settings),
+            tokenizer=tokenizer_model.path if tokenizer_model is not None else model_id,
+            max_reject_rate=max_reject_rate, layout=layout, num_options=num_options, hf_token_secret=hf_token_secret,
+        )
     prepared_data.metadata.update(outputs.prepared_metadata)
     for artifact, name in ((train_data, "train"), (validation_data, "validation"), (test_data, "test"),
                            (rejected_rows, "rejected")):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.common.artifacts import PreparedRow, write_rows
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import json_kind, write_json, write_jsonl
 from components.common.prompts import NOTEBOOK_PROMPT_TEMPLATE, render_prompt, validate_template
@@ -386,8 +387,8 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(row, ensure_ascii=False, default=str))
 
 
-def _output_row(q: Question) -> dict[str, Any]:
-    return {"id": q.id, "prompt": q.prompt, "answer": q.answer, "letters": list(q.options), "meta": q.meta}
+def _output_row(q: Question) -> PreparedRow:
+    return PreparedRow(id=q.id, prompt=q.prompt, answer=q.answer, letters=list(q.options), meta=q.meta)
 
 
 class Quarantine:
@@ -561,7 +562,7 @@ def prepare_medqa(
     _fail_on_unusable_output(stats, raw, max_reject_rate, output_dir)
 
     for split, questions in outputs.items():
-        write_jsonl(output_dir / f"{split}.jsonl", (_output_row(q) for q in questions))
+        write_rows(output_dir / f"{split}.jsonl", (_output_row(q) for q in questions))
     logger.info("wrote %s", stats["output_rows"])
     return stats
 

@@ -22,14 +22,16 @@ def evaluate_model_component(
     with metrics.json and predictions.jsonl, the compare step's input. ``overrides``: recipe ``key=value`` strings
     (a list, or one string separated by commas/newlines). ``limit`` 0 evaluates the full split.
     """
+    from components.common.errors import exit_on_user_error
     from components.common.secrets import export_hf_token
     from components.evaluate.outputs import evaluate_for_pipeline
 
-    export_hf_token(hf_token_secret or None)  # read by from_pretrained and vLLM; never logged
-    outputs = evaluate_for_pipeline(
-        test_data.path, evaluation.path, summary.path, model_id=model_id,
-        adapter=adapter.path if adapter is not None else None, recipe=recipe, overrides=overrides, limit=limit,
-    )
+    with exit_on_user_error():
+        export_hf_token(hf_token_secret or None)  # read by from_pretrained and vLLM; never logged
+        outputs = evaluate_for_pipeline(
+            test_data.path, evaluation.path, summary.path, model_id=model_id,
+            adapter=adapter.path if adapter is not None else None, recipe=recipe, overrides=overrides, limit=limit,
+        )
     for key, value in outputs.metrics.items():
         metrics.log_metric(key, value)
     confusion.log_confusion_matrix(outputs.confusion_categories, outputs.confusion_matrix)

@@ -15,7 +15,14 @@ from typing import Any
 
 from components.common.answers import extract_answer
 from components.common.errors import UserError
-from components.common.jsonl import read_jsonl, write_json, write_jsonl
+from components.common.artifacts import (
+    EvaluationMetrics,
+    Prediction,
+    PreparedRow,
+    read_rows,
+    write_document,
+    write_rows,
+)
 from components.common.modeling import (
     apply_liger_kernels,
     choose_generation_backend,
@@ -35,32 +42,23 @@ NO_ANSWER = "none"  # confusion-matrix column for completions with no valid answ
 
 
 def load_questions(data_path: str | Path, limit: int = 0) -> list[dict[str, Any]]:
-    """Rows of data prep's test.jsonl, checked field by field; the first ``limit`` rows when ``limit`` > 0."""
+    """Rows of data prep's test.jsonl, checked against its schema; the first ``limit`` rows when ``limit`` > 0."""
     if limit < 0:
         raise UserError(f"limit must be >= 0 (0 = the full split), got {limit}")
     path = Path(data_path)
     if not path.is_file():
         raise UserError(f"test data {data_path} does not exist")
-    rows = read_jsonl(path)
+    rows = read_rows(PreparedRow, path)
     if limit:
         rows = rows[:limit]
     if not rows:
         raise UserError(f"test data {data_path} holds no rows")
-    seen: set[str] = set()
+    first_line: dict[str, int] = {}
     for number, row in enumerate(rows, start=1):
-        where = f"{path.name} row {number}"
-        for field in ("id", "prompt", "answer", "letters"):
-            if field not in row:
-                raise UserError(f"{where}: missing field {field!r}")
-        prompt = row["prompt"]
-        if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)):
-            raise UserError(f"{where} (id {row['id']!r}): 'prompt' must be a non-empty list of chat messages")
-        if not isinstance(row["letters"], list) or row["answer"] not in row["letters"]:
-            raise UserError(f"{where} (id {row['id']!r}): answer {row['answer']!r} is not one of letters {row['letters']!r}")
-        if str(row["id"]) in seen:
-            raise UserError(f"{where}: duplicate id {row['id']!r}")
-        seen.add(str(row["id"]))
-    return rows
+        if row.id in first_line:
+            raise UserError(f"{path} row {number}: duplicate id {row.id!r} (also row {first_line[row.id]})")
+        first_line[row.id] = number
+    return [row.model_dump(mode="json") for row in rows]
 
 
 def summarize(rows: list[dict[str, Any]], predictions: list[dict[str, Any]], samples_per_question: int) -> dict[str, Any]:
@@ -169,8 +167,10 @@ def evaluate_model(
         }
     )
     output_dir = Path(output_dir)
-    write_jsonl(output_dir / PREDICTIONS_FILE, predictions)
-    write_json(output_dir / METRICS_FILE, metrics)
+    write_rows(output_dir / PREDICTIONS_FILE, (Prediction(**p) for p in predictions))
+    document = EvaluationMetrics(**metrics)
+    write_document(output_dir / METRICS_FILE, document)
+    metrics = document.model_dump(mode="json")
     log.info(
         "accuracy %.4f [%.4f, %.4f] on %d questions; format rate %.3f, truncation rate %.3f; generation %.1f s",
         metrics["accuracy"], metrics["ci_low"], metrics["ci_high"], metrics["n"], metrics["format_rate"],

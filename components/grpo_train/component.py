@@ -24,17 +24,20 @@ def grpo_train_component(
     import logging
     import os
 
+    from components.common.errors import exit_on_user_error
     from components.grpo_train.job import TrainingJob
     from components.grpo_train.launch import record_outcome, train_on_this_machine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job = TrainingJob.build(
-        recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
-        merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
-        tensorboard_dir=os.environ.get("AIP_TENSORBOARD_LOG_DIR", ""),  # Vertex's, when the run has a TensorBoard
-    )
-    # Every GPU the task was given: torchrun with one process per GPU when there are several.
-    outcome = train_on_this_machine(job)
+    with exit_on_user_error():
+        job = TrainingJob.build(
+            recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
+            merge=serving_mode == "merged", hf_token_secret=hf_token_secret,
+            completion_sample_size=completion_sample_size,
+            tensorboard_dir=os.environ.get("AIP_TENSORBOARD_LOG_DIR", ""),  # Vertex's, when the run has a TensorBoard
+        )
+        # Every GPU the task was given: torchrun with one process per GPU when there are several.
+        outcome = train_on_this_machine(job)
     record_outcome(tuned_model, training_metrics, outcome, job)
     return tuned_model.uri
 
@@ -79,22 +82,25 @@ def grpo_train_multinode_component(
     """
     import logging
 
+    from components.common.errors import exit_on_user_error
     from components.grpo_train.job import TrainingJob
     from components.grpo_train.launch import record_outcome
     from components.grpo_train.multinode import CustomJobSettings, job_display_name, train_on_nodes
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job = TrainingJob.build(
-        recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
-        merge=serving_mode == "merged", hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
-    )
-    settings = CustomJobSettings(
-        nodes=nodes, image=trainer_image, accelerator_type=accelerator_type, accelerator_count=accelerator_count,
-        machine_type=machine_type, project=project, location=location, display_name=job_display_name(pipeline_run),
-        service_account=service_account, network=network, encryption_key=encryption_key, tensorboard=tensorboard,
-        spot=spot,
-    )
-    outcome = train_on_nodes(job, settings, api_endpoint=api_endpoint or None)
+    with exit_on_user_error():
+        job = TrainingJob.build(
+            recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
+            merge=serving_mode == "merged", hf_token_secret=hf_token_secret,
+            completion_sample_size=completion_sample_size,
+        )
+        settings = CustomJobSettings(
+            nodes=nodes, image=trainer_image, accelerator_type=accelerator_type, accelerator_count=accelerator_count,
+            machine_type=machine_type, project=project, location=location, display_name=job_display_name(pipeline_run),
+            service_account=service_account, network=network, encryption_key=encryption_key, tensorboard=tensorboard,
+            spot=spot,
+        )
+        outcome = train_on_nodes(job, settings, api_endpoint=api_endpoint or None)
     record_outcome(tuned_model, training_metrics, outcome, job)
     return tuned_model.uri
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import UserError, choices_error
-from components.common.jsonl import read_jsonl, write_json
+from components.common.artifacts import PreparedRow, read_rows
+from components.common.jsonl import write_json
 from components.common.modeling import prefer_expandable_segments, require_liger_kernels
 from components.common.recipes import Recipe
 from components.common.vllm_engine import text_only_in_trl
@@ -63,11 +64,9 @@ def load_split(data_dir: Path, split: str):
     path = data_dir / f"{split}.jsonl"
     if not path.is_file():
         raise UserError(f"data dir {str(data_dir)!r} has no {split}.jsonl (run the data prep step first)")
-    rows = read_jsonl(path)
-    for index, row in enumerate(rows):
-        missing = [c for c in TRAIN_COLUMNS if c not in row]
-        if missing:
-            raise UserError(f"{path}: row {index} lacks field(s) {', '.join(missing)}")
+    rows = [row.model_dump(mode="json") for row in read_rows(PreparedRow, path)]
+    if not rows:
+        raise UserError(f"{path}: holds no rows")
     return Dataset.from_list([{c: row[c] for c in TRAIN_COLUMNS} for row in rows])
 
 

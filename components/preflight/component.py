@@ -31,18 +31,20 @@ def check_parameters_component(
 ) -> str:
     """Fail on the first pipeline parameter that cannot work, naming it; return where training runs
     (``one-vm`` or ``custom-job``). A single string output, so that the pipeline can branch on it."""
+    from components.common.errors import exit_on_user_error
     from components.preflight.core import check_run_parameters
 
-    return check_run_parameters(
-        recipe=recipe, recipe_settings=list(recipe_settings), train_accelerator_type=train_accelerator_type,
-        train_accelerator_count=train_accelerator_count, train_nodes=train_nodes, train_on_spot=train_on_spot,
-        eval_accelerator_type=eval_accelerator_type, eval_accelerator_count=eval_accelerator_count,
-        eval_question_limit=eval_question_limit, gate_margin=gate_margin, gate_alpha=gate_alpha,
-        registry_uri=registry_uri, model_display_name=model_display_name, registered_weights=registered_weights,
-        hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
-        service_account=service_account, tensorboard=tensorboard,
-        deploy_endpoint=deploy_endpoint, deploy_machine_type=deploy_machine_type,
-        deploy_accelerator_type=deploy_accelerator_type, deploy_accelerator_count=deploy_accelerator_count,
-        deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
-        deploy_traffic_percentage=deploy_traffic_percentage,
-    )
+    with exit_on_user_error():
+        return check_run_parameters(
+            recipe=recipe, recipe_settings=list(recipe_settings), train_accelerator_type=train_accelerator_type,
+            train_accelerator_count=train_accelerator_count, train_nodes=train_nodes, train_on_spot=train_on_spot,
+            eval_accelerator_type=eval_accelerator_type, eval_accelerator_count=eval_accelerator_count,
+            eval_question_limit=eval_question_limit, gate_margin=gate_margin, gate_alpha=gate_alpha,
+            registry_uri=registry_uri, model_display_name=model_display_name, registered_weights=registered_weights,
+            hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
+            service_account=service_account, tensorboard=tensorboard,
+            deploy_endpoint=deploy_endpoint, deploy_machine_type=deploy_machine_type,
+            deploy_accelerator_type=deploy_accelerator_type, deploy_accelerator_count=deploy_accelerator_count,
+            deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
+            deploy_traffic_percentage=deploy_traffic_percentage,
+        )

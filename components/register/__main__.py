@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--passed-gate", dest="passed_gate", action="store_true", default=None,
                       help="move 'champion' to the new version (default: comparison.json's passes_gate)")
     gate.add_argument("--failed-gate", dest="passed_gate", action="store_false")
+    parser.add_argument("--predictions", default=None,
+                        help="the tuned model's evaluate output (folder or predictions.jsonl): stored with the version "
+                        "and tested against the current champion's before 'champion' moves")
     parser.add_argument("--serving-image", default=DEFAULT_VLLM_IMAGE, help="vLLM serving container image")
     parser.add_argument("--staging-uri", default=None, help="gs:// folder for local model files (Vertex only)")
     parser.add_argument("--api-endpoint", default=None, help="Vertex API endpoint (private/regional)")
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         serving_mode=args.serving_mode,
         recipe_overrides=args.overrides,
         passed_gate=args.passed_gate,
+        predictions_path=args.predictions,
         serving_image=args.serving_image,
         staging_uri=args.staging_uri,
         api_endpoint=args.api_endpoint,

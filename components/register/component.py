@@ -2,13 +2,15 @@
 with ``dsl.component(register_model, base_image=..., install_kfp_package=False)``. KFP serializes only
 this function's source, so it imports what it needs inside itself."""
 
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Input, Markdown, Model, Output
 
 
 def register_model(
     model: Input[Model],
     comparison: Input[Artifact],
+    tuned_evaluation: Input[Artifact],
     registered_model: Output[Artifact],
+    champion_report: Output[Markdown],
     registry_uri: str,
     model_name: str,
     recipe: str,
@@ -29,40 +31,41 @@ def register_model(
     ``run_project`` and ``run_location`` (the pipeline passes Vertex's placeholders for them). pipeline_run: pass
     dsl.PIPELINE_JOB_NAME_PLACEHOLDER so a retried task finds the version it made. Local model files are
     copied under this task's output (inside the pipeline root) before a Vertex upload. encryption_key: CMEK
-    for the uploaded model (empty: Google-managed).
+    for the uploaded model (empty: Google-managed). tuned_evaluation: the tuned model's evaluate output; its
+    predictions are stored with the version and tested against the current champion's. champion_report: base
+    model, champion and challenger side by side.
     """
-    import json
     import logging
-    import os
 
-    from components.register.core import DEFAULT_VLLM_IMAGE
+    from components.common.errors import exit_on_user_error
+    from components.register.core import DEFAULT_VLLM_IMAGE, write_registration
     from components.register.core import register_model as register
     from components.register.core import resolve_registry_uri
 
     logging.basicConfig(level=logging.INFO)
     staging_uri = registered_model.uri + "/model" if registered_model.uri.startswith("gs://") else None
-    result = register(
-        model.path,  # on Vertex a /gcs/ FUSE path, which the core maps back to gs:// (no second copy)
-        comparison.path,
-        resolve_registry_uri(registry_uri, run_project, run_location),
-        model_name=model_name,
-        base_model=base_model,
-        recipe=recipe,
-        data_fingerprint=data_fingerprint,
-        pipeline_run=pipeline_run,
-        serving_mode=serving_mode,
-        recipe_overrides=list(overrides),
-        serving_image=serving_image or DEFAULT_VLLM_IMAGE,
-        staging_uri=staging_uri,
-        api_endpoint=api_endpoint or None,
-        encryption_key=encryption_key or None,
-    )
+    with exit_on_user_error():
+        result = register(
+            model.path,  # on Vertex a /gcs/ FUSE path, which the core maps back to gs:// (no second copy)
+            comparison.path,
+            resolve_registry_uri(registry_uri, run_project, run_location),
+            model_name=model_name,
+            base_model=base_model,
+            recipe=recipe,
+            data_fingerprint=data_fingerprint,
+            pipeline_run=pipeline_run,
+            serving_mode=serving_mode,
+            recipe_overrides=list(overrides),
+            predictions_path=tuned_evaluation.path,
+            serving_image=serving_image or DEFAULT_VLLM_IMAGE,
+            staging_uri=staging_uri,
+            api_endpoint=api_endpoint or None,
+            encryption_key=encryption_key or None,
+        )
     registered_model.metadata.update(
         {"resource_name": result.resource_name, "version": result.version, "aliases": result.aliases,
          "artifact_uri": result.uri, "backend": result.backend, "created": result.created}
     )
     # A folder: on Vertex the uploaded model files sit under it too (<uri>/model/), so one name is one thing.
-    os.makedirs(registered_model.path, exist_ok=True)
-    with open(os.path.join(registered_model.path, "registration.json"), "w", encoding="utf-8") as handle:
-        json.dump(result.to_dict(), handle, indent=2)
+    write_registration(result, registered_model.path, champion_report.path)
     return result.resource_name

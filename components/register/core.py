@@ -3,8 +3,13 @@
 Both backends keep the same rules:
 - one registered model per ``model_name``; each registration adds a version (1, 2, ...);
 - the new version gets the alias ``challenger``; ``champion`` (and ``default``, which serving uses when no
-  version is named) moves to it only when the gate passed; the first version is always ``default``,
-  as Vertex requires;
+  version is named) moves to it only when it passed the gate against the base model AND, when a champion
+  exists, beats the champion in a paired test on the same test questions (the champion's stored
+  predictions); when the question sets differ or the champion has no stored predictions, the champion
+  stays and a log line says why (move the alias by hand to promote). The first version is always
+  ``default``, as Vertex requires;
+- each version keeps its test predictions (the file registry copies them; on Vertex their ``gs://`` URI
+  is in the version's imported evaluation), so that the next challenger can be tested against it;
 - an alias names one version at a time: giving it to the new version takes it from the old one;
 - idempotent by the ``pipeline_run`` label: a retried task finds its version and creates none.
 
@@ -26,9 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from components.common import gcs
+from components.common.artifacts import (
+    ChampionDecision,
+    Comparison,
+    Prediction,
+    RegistrationRecord,
+    iter_rows,
+    read_document,
+    read_rows,
+)
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import write_json
 from components.common.recipes import ServingSpec, load_recipe
+from components.compare.core import PREDICTIONS_FILE, QuestionScores, paired_test, question_scores
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +61,7 @@ VLLM_PORT = 8080
 # Vertex has no schema for multiple-choice QA; accuracy-style metrics fit the classification schema best.
 EVALUATION_METRICS_SCHEMA_URI = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
 COMPARISON_FILE = "comparison.json"
-REQUIRED_COMPARISON_KEYS = ("baseline_accuracy", "tuned_accuracy", "delta", "p_value", "passes_gate")
+PREDICTIONS_URI_KEY = "predictions_uri"
 _VERTEX_LOCATION = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/?$")
 _LABEL_MAX = 63
 
@@ -62,29 +77,55 @@ class RegisteredModel:
     created: bool
     backend: str
     labels: dict[str, str] = field(default_factory=dict)
+    predictions_uri: str | None = None
+    champion_decision: ChampionDecision | None = None
+    report: str = field(default="", repr=False)  # base, champion and challenger side by side (Markdown)
+
+    def to_record(self) -> RegistrationRecord:
+        return RegistrationRecord(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "report"}
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """registration.json's content (the RegistrationRecord schema)."""
+        return self.to_record().model_dump(mode="json")
+
+
+REGISTRATION_FILE = "registration.json"
+
+
+def write_registration(result: RegisteredModel, folder: str | Path, report_path: str | Path) -> None:
+    """registration.json in ``folder`` and the champion report at ``report_path``."""
+    write_json(Path(folder) / REGISTRATION_FILE, result.to_dict())
+    report = result.report or f"Version {result.version} was registered by an earlier attempt of this run.\n"
+    Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_path).write_text(report, encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def load_comparison(comparison_path: str | Path) -> dict[str, Any]:
-    """comparison.json (compare's output) from a file path or the directory holding it."""
+def load_comparison(comparison_path: str | Path) -> Comparison:
+    """comparison.json (compare's output) from a file path or the directory holding it, checked against its schema."""
     path = Path(comparison_path)
     if path.is_dir():
         path = path / COMPARISON_FILE
     if not path.is_file():
         raise UserError(f"comparison_path: {str(path)!r} not found (expected compare's {COMPARISON_FILE})")
     try:
-        comparison = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"comparison_path: {path} is not valid JSON ({err.msg})") from None
-    missing = [key for key in REQUIRED_COMPARISON_KEYS if key not in comparison]
-    if missing:
-        raise UserError(f"comparison_path: {path} lacks {', '.join(missing)}")
-    return comparison
+        return read_document(Comparison, path)
+    except UserError as err:
+        raise UserError(f"comparison_path: {err}") from None
+
+
+def load_predictions(predictions_path: str | Path) -> tuple[Path, QuestionScores]:
+    """The challenger's predictions.jsonl (from a file path or evaluate's output folder) and its per-question scores."""
+    path = Path(predictions_path)
+    if path.is_dir():
+        path = path / PREDICTIONS_FILE
+    if not path.is_file():
+        raise UserError(f"predictions_path: {str(path)!r} not found (expected evaluate's {PREDICTIONS_FILE})")
+    return path, question_scores(read_rows(Prediction, path), str(path))
 
 
 def resolve_model_files(model_dir: str, serving_mode: str) -> str:
@@ -129,24 +170,41 @@ def build_labels(**values: str) -> dict[str, str]:
     return labels
 
 
-def results_table(comparison: dict[str, Any]) -> str:
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def results_table(comparison: Comparison) -> str:
     """The markdown table shown in the registry's description (numbers only, no data)."""
-
-    def pct(value: Any) -> str:
-        return f"{100 * float(value):.1f}%" if isinstance(value, (int, float)) else "n/a"
-
-    delta = pct(comparison["delta"])
-    if "delta_ci_low" in comparison and "delta_ci_high" in comparison:
-        delta += f" (95% CI {pct(comparison['delta_ci_low'])} to {pct(comparison['delta_ci_high'])})"
+    test = "McNemar" if comparison.test == "mcnemar_exact" else "paired sign-flip"
     rows = [
-        ("Baseline accuracy", pct(comparison["baseline_accuracy"])),
-        ("Tuned accuracy", pct(comparison["tuned_accuracy"])),
-        ("Delta", delta),
-        ("p-value (McNemar)", f"{float(comparison['p_value']):.4g}"),
-        ("Questions (n)", str(comparison.get("n", "n/a"))),
-        ("Gate passed", "yes" if comparison["passes_gate"] else "no"),
+        ("Baseline accuracy", _pct(comparison.baseline_accuracy)),
+        ("Tuned accuracy", _pct(comparison.tuned_accuracy)),
+        ("Delta", f"{_pct(comparison.delta)} (95% CI {_pct(comparison.delta_ci_low)} to {_pct(comparison.delta_ci_high)})"),
+        (f"p-value ({test})", f"{comparison.p_value:.4g}"),
+        ("Questions (n)", str(comparison.n)),
+        ("Gate passed", "yes" if comparison.passes_gate else "no"),
     ]
     return "\n".join(["| Metric | Value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def champion_table(comparison: Comparison, decision: ChampionDecision) -> str:
+    """Base model, current champion and challenger side by side (numbers only)."""
+    champion = f"Champion (version {decision.champion_version})" if decision.champion_version else "Champion (none)"
+    same_questions = decision.rule == "paired_test"
+    champion_accuracy = _pct(decision.champion_accuracy) + ("" if same_questions or decision.champion_accuracy is None
+                                                            else " (other questions)")
+    versus_champion = (f"{_pct(decision.delta)}, p = {decision.p_value:.4g} ({decision.test})"
+                       if same_questions and decision.delta is not None and decision.p_value is not None else "n/a")
+    lines = [
+        f"| | Base model | {champion} | Challenger (this version) |",
+        "| --- | --- | --- | --- |",
+        f"| Test accuracy | {_pct(comparison.baseline_accuracy)} | {champion_accuracy} | {_pct(comparison.tuned_accuracy)} |",
+        f"| Challenger minus it | {_pct(comparison.delta)}, p = {comparison.p_value:.4g} | {versus_champion} | |",
+        "",
+        f"Champion: {'moves to this version' if decision.becomes_champion else 'stays'} ({decision.reason}).",
+    ]
+    return "\n".join(lines)
 
 
 def vllm_container(serving_mode: str, base_model: str, adapter_name: str, serving: ServingSpec) -> dict[str, Any]:
@@ -171,13 +229,68 @@ def vllm_container(serving_mode: str, base_model: str, adapter_name: str, servin
     }
 
 
-def new_version_aliases(passed_gate: bool, first_version: bool) -> list[str]:
+def new_version_aliases(becomes_champion: bool, first_version: bool) -> list[str]:
     aliases = [CHALLENGER_ALIAS]
-    if passed_gate:
+    if becomes_champion:
         aliases.append(CHAMPION_ALIAS)
-    if passed_gate or first_version:
+    if becomes_champion or first_version:
         aliases.append(DEFAULT_ALIAS)
     return aliases
+
+
+@dataclass(frozen=True)
+class ChampionEvidence:
+    """The current champion: its version, its stored per-question scores (None when it stored none) and the
+    test accuracy its registration recorded."""
+
+    version: str
+    scores: QuestionScores | None
+    accuracy: float | None
+
+
+def decide_champion(
+    passed_gate: bool,
+    comparison: Comparison,
+    challenger: QuestionScores | None,
+    champion: ChampionEvidence | None,
+) -> ChampionDecision:
+    """Whether the new version takes ``champion``: it must pass the gate against the base model and, when a
+    champion exists, beat it on the same questions (same margin and alpha as the gate)."""
+    common = {"challenger_accuracy": comparison.tuned_accuracy}
+    if champion is not None:
+        common.update(champion_version=champion.version, champion_accuracy=champion.accuracy)
+    if not passed_gate:
+        return ChampionDecision(rule="gate_failed", becomes_champion=False,
+                                reason="the challenger did not pass the gate against the base model", **common)
+    if champion is None:
+        return ChampionDecision(rule="no_champion_yet", becomes_champion=True,
+                                reason="no champion yet and the challenger beats the base model", **common)
+    if champion.scores is None or challenger is None:
+        missing = "the champion" if champion.scores is None else "this registration"
+        return ChampionDecision(
+            rule="champion_kept_not_comparable", becomes_champion=False,
+            reason=f"no usable stored test predictions for {missing}, so no paired test; move the alias by hand to promote",
+            **common,
+        )
+    if set(champion.scores.scores) != set(challenger.scores):
+        return ChampionDecision(
+            rule="champion_kept_not_comparable", becomes_champion=False,
+            reason=f"the champion was tested on other questions ({len(champion.scores.scores)} vs "
+            f"{len(challenger.scores)} ids, {len(set(champion.scores.scores) & set(challenger.scores))} shared); "
+            "move the alias by hand to promote",
+            **common,
+        )
+    result = paired_test(champion.scores, challenger)
+    beats = result.delta >= comparison.margin - 1e-12 and result.p_value < comparison.alpha and result.favours == "tuned"
+    verdict = "beats" if beats else "does not beat"
+    return ChampionDecision(
+        rule="paired_test", becomes_champion=beats, champion_version=champion.version,
+        champion_accuracy=result.baseline_accuracy, challenger_accuracy=result.tuned_accuracy, delta=result.delta,
+        p_value=result.p_value, test=result.test, n=result.n,
+        reason=f"the challenger {verdict} the champion on the same {result.n} questions "
+        f"(delta {result.delta:+.4f}, p {result.p_value:.3g}; needs delta >= {comparison.margin:g} and p < "
+        f"{comparison.alpha:g})",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -196,6 +309,7 @@ def register_model(
     serving_mode: str = "merged",
     recipe_overrides: list[str] | None = None,
     passed_gate: bool | None = None,
+    predictions_path: str | None = None,
     serving_image: str = DEFAULT_VLLM_IMAGE,
     staging_uri: str | None = None,
     api_endpoint: str | None = None,
@@ -205,9 +319,11 @@ def register_model(
     """Register ``model_dir`` as a new version of ``model_name`` (or return the version this run made).
 
     ``passed_gate`` defaults to comparison.json's ``passes_gate``. The serving flags come from the recipe's
-    ``serving`` section (with ``recipe_overrides``). ``staging_uri`` (gs://, e.g. under the pipeline root) is
-    the folder local model files are copied to before a Vertex upload. ``encryption_key``: the Cloud KMS key
-    (CMEK) the uploaded Vertex model is encrypted with.
+    ``serving`` section (with ``recipe_overrides``). ``predictions_path``: the tuned model's
+    evaluate output (folder or predictions.jsonl), stored with the version and tested against the current
+    champion's. ``staging_uri`` (gs://, e.g. under the pipeline root) is the folder local model files are
+    copied to before a Vertex upload; local predictions go next to it, as ``test_predictions.jsonl``.
+    ``encryption_key``: the Cloud KMS key (CMEK) the uploaded Vertex model is encrypted with.
     """
     check_model_name(model_name)
     if not pipeline_run.strip():
@@ -218,7 +334,15 @@ def register_model(
         raise UserError("serving_image must not be empty")
     comparison = load_comparison(comparison_path)
     if passed_gate is None:
-        passed_gate = bool(comparison["passes_gate"])
+        passed_gate = comparison.passes_gate
+    elif not isinstance(passed_gate, bool):
+        raise UserError(f"passed_gate must be true or false, got {passed_gate!r}")
+    predictions_file, challenger = load_predictions(predictions_path) if predictions_path else (None, None)
+    if challenger is not None and len(challenger.scores) != comparison.n:
+        raise UserError(
+            f"predictions_path: {predictions_file} covers {len(challenger.scores)} questions but the comparison "
+            f"has n = {comparison.n}: they come from different evaluations"
+        )
     source = resolve_model_files(model_dir, serving_mode)
     labels = build_labels(
         pipeline_run=pipeline_run,
@@ -238,12 +362,12 @@ def register_model(
         pipeline_run=pipeline_run,
         passed_gate=passed_gate,
         comparison=comparison,
+        predictions_file=predictions_file,
+        challenger=challenger,
         labels=labels,
         serving_image=serving_image,
         container=vllm_container(serving_mode, base_model, adapter_name=sanitize_label(model_name),
                                  serving=load_recipe(recipe, recipe_overrides).serving),
-        description=f"GRPO + LoRA tuned {base_model} ({serving_mode}) from recipe {recipe}.\n\n"
-        + results_table(comparison),
     )
     if registry_uri.startswith(VERTEX_SCHEME):
         project, location = parse_vertex_registry_uri(registry_uri)
@@ -319,11 +443,27 @@ class _Registration:
     data_fingerprint: str
     pipeline_run: str
     passed_gate: bool
-    comparison: dict[str, Any]
+    comparison: Comparison
+    predictions_file: Path | None
+    challenger: QuestionScores | None
     labels: dict[str, str]
     serving_image: str
     container: dict[str, Any]
-    description: str
+
+    def decide(self, champion: ChampionEvidence | None) -> ChampionDecision:
+        decision = decide_champion(self.passed_gate, self.comparison, self.challenger, champion)
+        log = logger.warning if decision.rule == "champion_kept_not_comparable" else logger.info
+        log("champion: %s (%s)", "moves to the new version" if decision.becomes_champion else "stays", decision.reason)
+        return decision
+
+    def description(self, decision: ChampionDecision) -> str:
+        return (
+            f"GRPO + LoRA tuned {self.base_model} ({self.serving_mode}) from recipe {self.recipe}.\n\n"
+            + results_table(self.comparison) + "\n\n" + champion_table(self.comparison, decision)
+        )
+
+    def report(self, decision: ChampionDecision) -> str:
+        return "# Champion gate\n\n" + champion_table(self.comparison, decision) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- file registry
@@ -348,6 +488,27 @@ def _aliases_of(aliases: dict[str, int], version: int) -> list[str]:
     return sorted(alias for alias, target in aliases.items() if target == version)
 
 
+def _folder_champion(model_root: Path, aliases: dict[str, int]) -> ChampionEvidence | None:
+    """The champion version's stored predictions and recorded accuracy (None when no version is champion)."""
+    if CHAMPION_ALIAS not in aliases:
+        return None
+    version_dir = model_root / "versions" / str(aliases[CHAMPION_ALIAS])
+    evaluation = version_dir / "evaluation.json"
+    # Read loosely: an older version may hold an older comparison schema; only the accuracy is shown.
+    recorded = json.loads(evaluation.read_text(encoding="utf-8")) if evaluation.is_file() else {}
+    accuracy = recorded.get("tuned_accuracy")
+    predictions = version_dir / PREDICTIONS_FILE
+    scores = None
+    if predictions.is_file():
+        try:
+            scores = question_scores(read_rows(Prediction, predictions), str(predictions))
+        except UserError as err:  # an unreadable stored file must not block registering a new version
+            logger.warning("champion version %s: its stored predictions are unusable: %s", aliases[CHAMPION_ALIAS], err)
+    return ChampionEvidence(
+        str(aliases[CHAMPION_ALIAS]), scores, accuracy if isinstance(accuracy, float | int) else None
+    )
+
+
 def _register_in_folder(request: _Registration, registry: Path) -> RegisteredModel:
     model_root = registry / request.model_name
     versions = _versions(model_root)
@@ -359,15 +520,18 @@ def _register_in_folder(request: _Registration, registry: Path) -> RegisteredMod
             # An attempt that stopped between writing the version and moving aliases left it unaliased;
             # finish its job, unless a newer version exists (then moving aliases back would be wrong).
             if not _aliases_of(aliases, version) and version == versions[-1]:
-                wanted = new_version_aliases(request.passed_gate, first_version=version == versions[0])
+                recorded = manifest.get("champion_decision")
+                becomes_champion = recorded["becomes_champion"] if recorded else manifest["passed_gate"]
+                wanted = new_version_aliases(becomes_champion, first_version=version == versions[0])
                 aliases = _move_aliases(model_root, aliases, version, wanted)
             return _folder_result(model_root, version, manifest, aliases, created=False)
 
+    decision = request.decide(_folder_champion(model_root, aliases))
     (model_root / "versions").mkdir(parents=True, exist_ok=True)
     # Build the version in a scratch folder and rename it into place, so a reader never sees half a version.
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=model_root))
     try:
-        manifest = _write_folder_version(request, staging)
+        manifest = _write_folder_version(request, decision, staging)
         version = (versions[-1] if versions else 0) + 1
         while True:
             try:
@@ -381,19 +545,23 @@ def _register_in_folder(request: _Registration, registry: Path) -> RegisteredMod
     manifest["version"] = str(version)
     write_json(model_root / "versions" / str(version) / MANIFEST_FILE, manifest)
     aliases = _move_aliases(
-        model_root, aliases, version, new_version_aliases(request.passed_gate, first_version=not versions)
+        model_root, aliases, version, new_version_aliases(decision.becomes_champion, first_version=not versions)
     )
-    return _folder_result(model_root, version, manifest, aliases, created=True)
+    result = _folder_result(model_root, version, manifest, aliases, created=True)
+    result.report = request.report(decision)
+    return result
 
 
-def _write_folder_version(request: _Registration, version_dir: Path) -> dict[str, Any]:
+def _write_folder_version(request: _Registration, decision: ChampionDecision, version_dir: Path) -> dict[str, Any]:
     if gcs.is_gcs_uri(request.source):
         artifact_uri = request.source  # already in GCS: keep a reference, copy nothing
     else:
         shutil.copytree(request.source, version_dir / "model")
         artifact_uri = "model"
-    write_json(version_dir / "evaluation.json", request.comparison)
-    (version_dir / "description.md").write_text(request.description + "\n", encoding="utf-8")
+    write_json(version_dir / "evaluation.json", request.comparison.model_dump(mode="json"))
+    if request.predictions_file is not None:
+        shutil.copyfile(request.predictions_file, version_dir / PREDICTIONS_FILE)
+    (version_dir / "description.md").write_text(request.description(decision) + "\n", encoding="utf-8")
     manifest = {
         "model_name": request.model_name,
         "artifact_uri": artifact_uri,
@@ -404,6 +572,8 @@ def _write_folder_version(request: _Registration, version_dir: Path) -> dict[str
         "data_fingerprint": request.data_fingerprint,
         "pipeline_run": request.pipeline_run,
         "passed_gate": request.passed_gate,
+        "predictions": PREDICTIONS_FILE if request.predictions_file is not None else None,
+        "champion_decision": decision.model_dump(mode="json"),
         "labels": request.labels,
         "serving_container": {"image_uri": request.serving_image, **request.container},
         "created_at": datetime.now(timezone.utc).isoformat(),
@@ -423,6 +593,7 @@ def _folder_result(
 ) -> RegisteredModel:
     version_dir = model_root / "versions" / str(version)
     artifact_uri = manifest["artifact_uri"]
+    decision = manifest.get("champion_decision")
     return RegisteredModel(
         resource_name=str(version_dir),
         uri=artifact_uri if gcs.is_gcs_uri(artifact_uri) else str(version_dir / artifact_uri),
@@ -431,6 +602,8 @@ def _folder_result(
         created=created,
         backend="file",
         labels=manifest["labels"],
+        predictions_uri=str(version_dir / manifest["predictions"]) if manifest.get("predictions") else None,
+        champion_decision=ChampionDecision.model_validate(decision) if decision else None,
     )
 
 
@@ -458,13 +631,19 @@ def _register_on_vertex(
 
     parent = _find_parent_model(request.model_name)
     run_filter = f'labels.{RUN_LABEL}="{request.labels[RUN_LABEL]}"'
+    storage = gcs.storage_client(project, credentials)
     if parent is not None:
         existing = aiplatform.models.ModelRegistry(parent).list_versions(filter=run_filter)
         if existing:
             model = aiplatform.Model(parent.resource_name, version=existing[0].version_id)
-            _import_evaluation_once(model, request)
-            return _vertex_result(model, created=False)
+            stored = _stored_evaluation(model)
+            predictions_uri = stored[1].get(PREDICTIONS_URI_KEY) if stored else None
+            if stored is None:
+                predictions_uri = _stage_predictions(request, staging_uri, storage)
+                _import_evaluation(model, request, predictions_uri)
+            return _vertex_result(model, created=False, predictions_uri=predictions_uri)
 
+    decision = request.decide(_vertex_champion(parent, storage) if parent is not None else None)
     artifact_uri = gcs.to_gcs_uri(request.source)
     if artifact_uri is None:
         if not staging_uri:
@@ -473,9 +652,11 @@ def _register_on_vertex(
             )
         gcs.split_gcs_uri(staging_uri, "staging_uri")
         artifact_uri = staging_uri.rstrip("/")
-        gcs.upload_directory(request.source, artifact_uri, client=gcs.storage_client(project, credentials))
+        gcs.upload_directory(request.source, artifact_uri, client=storage, parameter="staging_uri")
+    predictions_uri = _stage_predictions(request, staging_uri, storage)
 
     container = request.container
+    becomes_champion = decision.becomes_champion
     model = aiplatform.Model.upload(
         display_name=request.model_name,
         artifact_uri=artifact_uri,
@@ -488,15 +669,17 @@ def _register_on_vertex(
         serving_container_shared_memory_size_mb=container["shared_memory_size_mb"],
         serving_container_deployment_timeout=container["deployment_timeout_s"],
         parent_model=parent.resource_name if parent is not None else None,
-        is_default_version=request.passed_gate,
-        version_aliases=[a for a in new_version_aliases(request.passed_gate, False) if a != DEFAULT_ALIAS],
+        is_default_version=becomes_champion,
+        version_aliases=[a for a in new_version_aliases(becomes_champion, False) if a != DEFAULT_ALIAS],
         version_description=f"pipeline run {request.pipeline_run}",
-        description=request.description,
+        description=request.description(decision),
         labels=request.labels,
         encryption_spec_key_name=encryption_key or None,
     )
-    _import_evaluation_once(model, request)
-    return _vertex_result(model, created=True)
+    _import_evaluation(model, request, predictions_uri)
+    result = _vertex_result(model, created=True, predictions_uri=predictions_uri, decision=decision)
+    result.report = request.report(decision)
+    return result
 
 
 def _find_parent_model(model_name: str) -> Any:
@@ -510,30 +693,91 @@ def _find_parent_model(model_name: str) -> Any:
 EVALUATION_DISPLAY_NAME = "medqa-test-comparison"
 
 
-def _import_evaluation_once(model: Any, request: _Registration) -> None:
-    """Attach comparison.json to the model version as a ModelEvaluation, unless a retry already did.
+def _stage_predictions(request: _Registration, staging_uri: str | None, storage: Any) -> str | None:
+    """The ``gs://`` URI of the challenger's predictions: where they already are (a /gcs/ path), or a copy
+    next to the staged model files. None, with a log line, when there is nowhere to keep them."""
+    if request.predictions_file is None:
+        return None
+    already = gcs.to_gcs_uri(str(request.predictions_file))
+    if already is not None:
+        return already
+    if not staging_uri:
+        logger.warning("test predictions not stored (no staging_uri): a later challenger cannot be tested against "
+                       "this version")
+        return None
+    folder = staging_uri.rstrip("/")
+    parent_folder = folder.rsplit("/", 1)[0] if folder.count("/") > 2 else folder
+    return gcs.upload_file(request.predictions_file, f"{parent_folder}/test_{PREDICTIONS_FILE}", storage, "staging_uri")
+
+
+def _stored_evaluation(model: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(metrics, metadata) of the evaluation this step imported into a model version, or None."""
+    for evaluation in model.list_model_evaluations():
+        if evaluation.display_name == EVALUATION_DISPLAY_NAME:
+            resource = evaluation.gca_resource
+            return _plain(resource.metrics), _plain(resource.metadata)
+    return None
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    """A protobuf Struct/Value (or proto-plus's mapping of one) as a dict."""
+    from google.protobuf import json_format, message
+
+    if isinstance(value, message.Message):
+        value = json_format.MessageToDict(value)
+    return dict(value) if hasattr(value, "keys") else {}
+
+
+def _vertex_champion(parent: Any, storage: Any) -> ChampionEvidence | None:
+    """The version holding ``champion``, with the predictions its imported evaluation points to."""
+    from google.cloud import aiplatform
+
+    versions = aiplatform.models.ModelRegistry(parent).list_versions()
+    champion = next((v for v in versions if CHAMPION_ALIAS in (v.version_aliases or [])), None)
+    if champion is None:
+        return None
+    model = aiplatform.Model(parent.resource_name, version=champion.version_id)
+    stored = _stored_evaluation(model)
+    metrics, metadata = stored if stored else ({}, {})
+    accuracy = metrics.get("tuned_accuracy")
+    accuracy = float(accuracy) if isinstance(accuracy, float | int) and not isinstance(accuracy, bool) else None
+    uri = metadata.get(PREDICTIONS_URI_KEY)
+    scores = None
+    if isinstance(uri, str) and uri:
+        try:
+            text = gcs.download_text(uri, storage, "champion predictions")
+            scores = question_scores(list(iter_rows(Prediction, text.splitlines(), uri)), uri)
+        except UserError as err:  # an unreadable stored file must not block registering a new version
+            logger.warning("champion version %s: its stored predictions are unusable: %s", champion.version_id, err)
+    return ChampionEvidence(str(champion.version_id), scores, accuracy)
+
+
+def _import_evaluation(model: Any, request: _Registration, predictions_uri: str | None) -> None:
+    """Attach comparison.json to the model version as a ModelEvaluation, with the predictions' URI in its metadata.
 
     The high-level SDK has no import call; ModelService.ImportModelEvaluation is on the GAPIC client.
     """
     from google.cloud.aiplatform.compat.types import model_evaluation as gca_model_evaluation
     from google.protobuf import json_format, struct_pb2
 
-    if any(evaluation.display_name == EVALUATION_DISPLAY_NAME for evaluation in model.list_model_evaluations()):
-        return
     # Scalars only (accuracies, delta and its CI, p-value, gate, n); nested breakdowns stay in comparison.json.
-    metrics = {key: value for key, value in request.comparison.items() if isinstance(value, (int, float, bool))}
+    comparison = request.comparison.model_dump(mode="json")
+    metrics = {key: value for key, value in comparison.items() if isinstance(value, (int, float, bool))}
+    metadata = {"pipeline_job_id": request.pipeline_run, "evaluation_dataset_type": "medqa-test"}
+    if predictions_uri:
+        metadata[PREDICTIONS_URI_KEY] = predictions_uri
     evaluation = gca_model_evaluation.ModelEvaluation(
         display_name=EVALUATION_DISPLAY_NAME,
         metrics_schema_uri=EVALUATION_METRICS_SCHEMA_URI,
         metrics=json_format.ParseDict(metrics, struct_pb2.Value()),
-        metadata=json_format.ParseDict(
-            {"pipeline_job_id": request.pipeline_run, "evaluation_dataset_type": "medqa-test"}, struct_pb2.Value()
-        ),
+        metadata=json_format.ParseDict(metadata, struct_pb2.Value()),
     )
     model.api_client.import_model_evaluation(parent=model.versioned_resource_name, model_evaluation=evaluation)
 
 
-def _vertex_result(model: Any, created: bool) -> RegisteredModel:
+def _vertex_result(
+    model: Any, created: bool, predictions_uri: str | None = None, decision: ChampionDecision | None = None
+) -> RegisteredModel:
     return RegisteredModel(
         resource_name=model.versioned_resource_name,
         uri=model.uri or "",
@@ -542,4 +786,6 @@ def _vertex_result(model: Any, created: bool) -> RegisteredModel:
         created=created,
         backend="vertex",
         labels=dict(model.labels),
+        predictions_uri=predictions_uri,
+        champion_decision=decision,
     )

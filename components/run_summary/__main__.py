@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from components.common.errors import UserError, cli_main
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"run: {args.run!r} is neither a run folder nor projects/P/locations/L/pipelineJobs/J")
     failed = any(task.state not in ("SUCCEEDED", "SKIPPED") for task in tasks.values())
     summary = build_summary("FAILED" if failed else "SUCCEEDED", tasks)
-    print(json.dumps(summary, indent=2) if args.json else render_summary(summary))
+    print(summary.model_dump_json(indent=2) if args.json else render_summary(summary))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,6 @@ def run_summary_component(status: PipelineTaskFinalStatus, summary: Output[Artif
     from components.run_summary.core import summarize_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary.metadata.update(
-        summarize_run(status.state, status.pipeline_job_resource_name, summary.path, error_message=status.error_message)
-    )
+    summary.metadata.update(summarize_run(
+        status.state, status.pipeline_job_resource_name, summary.path, error_message=status.error_message,
+    ).model_dump(mode="json"))

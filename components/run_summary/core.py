@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.jsonl import write_json
+from components.common.artifacts import RunSummary, SmokeTestNumbers, write_document
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,17 @@ def _failed_step(state: str, tasks: dict[str, TaskResult]) -> str | None:
     return next((step for step in STEPS if step not in not_taken and step not in tasks), None)
 
 
-def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str | None = None) -> dict[str, Any]:
-    """The summary as a flat dict (JSON-ready); a value a step did not get to record is None."""
+def _smoke_test_numbers(metrics: dict[str, Any]) -> SmokeTestNumbers | None:
+    """The smoke test's logged metrics (absent: it did not run or did not finish)."""
+    if "n" not in metrics:
+        return None
+    return SmokeTestNumbers(n=int(metrics["n"]),  # Vertex hands metrics back as floats
+                            **{key: metrics.get(key) for key in ("format_rate", "accuracy", "latency_p50_s",
+                                                                 "latency_p95_s")})
+
+
+def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str | None = None) -> RunSummary:
+    """The summary from what the tasks recorded; a value a step did not get to record is None."""
 
     def artifact(task: str, name: str) -> dict[str, Any]:
         result = tasks.get(task)
@@ -106,31 +115,34 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
     prepared = artifact("prepare-data", "prepared_data")
     deployment, smoke = artifact("deploy", "deployment"), artifact("smoke-test", "metrics")
     passes_gate = comparison.get("passes_gate")
-    return {
-        "state": state,
-        "failed_task": _failed_step(state, tasks),
-        "error": error_message or None,
-        "data_fingerprint": prepared.get("fingerprint"),
-        "baseline_accuracy": comparison.get("baseline_accuracy", baseline.get("accuracy")),
-        "baseline_ci": _interval(baseline, "ci_low", "ci_high"),
-        "tuned_accuracy": comparison.get("tuned_accuracy", tuned.get("accuracy")),
-        "tuned_ci": _interval(tuned, "ci_low", "ci_high"),
-        "delta": comparison.get("delta"),
-        "delta_ci": _interval(comparison, "delta_ci_low", "delta_ci_high"),
-        "p_value": comparison.get("p_value"),
-        "n": int(comparison["n"]) if "n" in comparison else None,
-        "passes_gate": bool(passes_gate) if passes_gate is not None else None,
-        "registered": bool(registration.get("resource_name")),
-        "registered_at": registration.get("resource_name"),
-        "registered_version": registration.get("version"),
-        "registered_aliases": registration.get("aliases"),
-        "deployed_to": deployment.get("endpoint"),
-        "smoke_test": {key: smoke.get(key) for key in ("n", "format_rate", "accuracy", "latency_p50_s",
-                                                       "latency_p95_s")} if smoke else None,
-    }
+    return RunSummary(
+        state=state,
+        failed_task=_failed_step(state, tasks),
+        error=error_message or None,
+        data_fingerprint=prepared.get("fingerprint"),
+        baseline_accuracy=comparison.get("baseline_accuracy", baseline.get("accuracy")),
+        baseline_ci=_interval(baseline, "ci_low", "ci_high"),
+        tuned_accuracy=comparison.get("tuned_accuracy", tuned.get("accuracy")),
+        tuned_ci=_interval(tuned, "ci_low", "ci_high"),
+        delta=comparison.get("delta"),
+        delta_ci=_interval(comparison, "delta_ci_low", "delta_ci_high"),
+        test=artifact("compare", "comparison").get("test"),
+        p_value=comparison.get("p_value"),
+        n=int(comparison["n"]) if "n" in comparison else None,  # Vertex hands metrics back as floats
+        passes_gate=bool(passes_gate) if passes_gate is not None else None,
+        registered=bool(registration.get("resource_name")),
+        registered_at=registration.get("resource_name"),
+        registered_version=registration.get("version"),
+        registered_aliases=registration.get("aliases"),
+        deployed_to=deployment.get("endpoint"),
+        smoke_test=_smoke_test_numbers(smoke),
+    )
 
 
-def render_summary(summary: dict[str, Any]) -> str:
+P_VALUE_LABELS = {"mcnemar_exact": "McNemar p-value", "paired_sign_flip": "sign-flip p-value", None: "p-value"}
+
+
+def render_summary(summary: RunSummary) -> str:
     """The summary as a fixed-width table (what the run log and the local run print)."""
 
     def number(value: Any, form: str = ".3f") -> str:
@@ -139,27 +151,27 @@ def render_summary(summary: dict[str, Any]) -> str:
     def ci(bounds: list[float] | None) -> str:
         return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else ""
 
-    state = summary["state"] + (f" (failed task: {summary['failed_task']})" if summary.get("failed_task") else "")
-    if summary["registered"]:
-        where = f"{summary['registered_at']} (version {summary['registered_version']})"
-    elif summary.get("passes_gate") is False:
+    state = summary.state + (f" (failed task: {summary.failed_task})" if summary.failed_task else "")
+    if summary.registered:
+        where = f"{summary.registered_at} (version {summary.registered_version})"
+    elif summary.passes_gate is False:
         where = "not registered (gate not passed)"
     else:
         where = "not registered"
-    n = f"   (n = {summary['n']} paired questions)" if summary.get("n") is not None else ""
-    deployed = [f"{'deployed':18}{summary['deployed_to']}"] if summary.get("deployed_to") else []
-    smoke = summary.get("smoke_test")
+    n = f"   (n = {summary.n} paired questions)" if summary.n is not None else ""
+    deployed = [f"{'deployed':18}{summary.deployed_to}"] if summary.deployed_to else []
+    smoke = summary.smoke_test
     if smoke:
-        deployed.append(f"{'smoke test':18}{number(smoke['n'], '.0f')} prompts: format rate "
-                        f"{number(smoke['format_rate'], '.2f')}, accuracy {number(smoke['accuracy'], '.2f')}, "
-                        f"latency p50 {number(smoke['latency_p50_s'], '.2f')} s, p95 {number(smoke['latency_p95_s'], '.2f')} s")
+        deployed.append(f"{'smoke test':18}{smoke.n} prompts: format rate {number(smoke.format_rate, '.2f')}, "
+                        f"accuracy {number(smoke.accuracy, '.2f')}, latency p50 {number(smoke.latency_p50_s, '.2f')} s, "
+                        f"p95 {number(smoke.latency_p95_s, '.2f')} s")
     return "\n".join([
         f"{'run':18}{state}",
         f"{'':18}{'accuracy':>10}  95% CI",
-        f"{'baseline':18}{number(summary['baseline_accuracy']):>10}  {ci(summary['baseline_ci'])}",
-        f"{'tuned (GRPO)':18}{number(summary['tuned_accuracy']):>10}  {ci(summary['tuned_ci'])}",
-        f"{'delta':18}{number(summary['delta'], '+.3f'):>10}  {ci(summary['delta_ci'])}",
-        f"McNemar p-value   {number(summary['p_value'], '.2e')}{n}",
+        f"{'baseline':18}{number(summary.baseline_accuracy):>10}  {ci(summary.baseline_ci)}",
+        f"{'tuned (GRPO)':18}{number(summary.tuned_accuracy):>10}  {ci(summary.tuned_ci)}",
+        f"{'delta':18}{number(summary.delta, '+.3f'):>10}  {ci(summary.delta_ci)}",
+        f"{P_VALUE_LABELS[summary.test]:18}{number(summary.p_value, '.2e')}{n}",
         f"{'registered':18}{where}",
         *deployed,
     ])
@@ -173,7 +185,7 @@ def summarize_run(
     error_message: str | None = None,
     api_endpoint: str | None = None,
     credentials: Any = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Build the run's summary, log it, and write ``summary.json`` and ``summary.md`` into ``summary_dir``.
 
     ``job_resource_name``: ``projects/P/locations/L/pipelineJobs/J`` on Vertex; anything else means a kfp.local
@@ -188,6 +200,6 @@ def summarize_run(
     table = render_summary(summary)
     logger.info("run summary\n%s", table)
     summary_dir.mkdir(parents=True, exist_ok=True)
-    write_json(summary_dir / SUMMARY_FILE, summary)
+    write_document(summary_dir / SUMMARY_FILE, summary)
     (summary_dir / "summary.md").write_text(f"# Run summary\n\n```\n{table}\n```\n", encoding="utf-8")
     return summary
