@@ -8,11 +8,22 @@ from pathlib import Path
 import pytest
 from fakes.loopback import LoopbackServer
 
+from components.common.artifacts import Comparison, write_document
 from components.common.errors import UserError
 from components.deploy.chat import ChatClient, OpenAIServer
 from components.deploy.core import DeploymentSpec, deploy_model, rollback, share_traffic, split_without
 from components.deploy.smoke_test import SmokeTestFailed, run_prompts, smoke_test
 from components.register.core import register_model
+
+
+def passed_comparison(baseline_accuracy: float, tuned_accuracy: float) -> Comparison:
+    """A comparison.json that passed the gate (register needs one to register a version)."""
+    return Comparison(model="base", tuned_model="tuned", baseline_accuracy=baseline_accuracy,
+                      tuned_accuracy=tuned_accuracy, delta=tuned_accuracy - baseline_accuracy, delta_ci_low=0.01,
+                      delta_ci_high=0.4, test="mcnemar_exact", p_value=0.001, favours="tuned", passes_gate=True,
+                      margin=0.0, alpha=0.05, n=20, samples_per_question={"baseline": 1, "tuned": 1},
+                      questions_baseline_better=0, questions_tuned_better=5,
+                      bootstrap={"resamples": 10, "seed": 0, "confidence": 0.95})
 
 
 def serving_available() -> bool:
@@ -28,8 +39,7 @@ needs_serving = pytest.mark.skipif(not serving_available(), reason="transformers
 def register(tmp_path: Path, model_dir: str, run: str, serving_mode: str = "merged") -> dict:
     comparison = tmp_path / f"compare-{run}" / "comparison.json"
     comparison.parent.mkdir(parents=True, exist_ok=True)
-    comparison.write_text(json.dumps({"baseline_accuracy": 0.25, "tuned_accuracy": 0.5, "delta": 0.25,
-                                      "p_value": 0.001, "passes_gate": True}))
+    write_document(comparison, passed_comparison(0.25, 0.5))
     return register_model(model_dir, str(comparison), str(tmp_path / "registry"), model_name="tiny-medqa",
                           base_model="tiny", recipe="tiny-cpu", data_fingerprint="f", pipeline_run=run,
                           serving_mode=serving_mode).to_dict()
@@ -175,3 +185,4 @@ def test_kfp_wrapper_writes_the_deployment_record(tmp_path):
     assert returned == written["deployed_model_id"] == "1"
     assert written["traffic_split"] == {"1": 100} and written["model"] == registration["resource_name"]
     assert deployment.metadata["endpoint"] == str(tmp_path / "registry" / "_endpoints" / "local")
+
