@@ -186,3 +186,22 @@ def test_kfp_wrapper_writes_the_deployment_record(tmp_path):
     assert written["traffic_split"] == {"1": 100} and written["model"] == registration["resource_name"]
     assert deployment.metadata["endpoint"] == str(tmp_path / "registry" / "_endpoints" / "local")
 
+
+def test_kfp_wrapper_turns_a_bad_registration_into_one_line_and_exit_2(tmp_path, capsys):
+    from kfp import dsl
+
+    from components.deploy.component import deploy_model_component
+
+    registered = dsl.Artifact(uri=str(tmp_path / "registered"))
+    registered.path = str(tmp_path / "registered")
+    Path(registered.path).mkdir()
+    registration = register(tmp_path, fake_merged_model(tmp_path / "m1"), "run-1") | {"created": "false"}
+    (Path(registered.path) / "registration.json").write_text(json.dumps(registration))
+    deployment = dsl.Artifact(uri=str(tmp_path / "deployment"))
+    deployment.path = str(tmp_path / "deployment")
+    with pytest.raises(SystemExit) as exited:
+        deploy_model_component(registered_model=registered, deployment=deployment, endpoint_name="local")
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: registered_model: ") and line.endswith("registration.json: field 'created': expected a boolean, got 'false'")
+    assert not (tmp_path / "deployment").exists()

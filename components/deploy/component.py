@@ -20,18 +20,18 @@ def deploy_model_component(
     the deployed model's id. ``traffic_percentage`` below 100 is a canary share; the other versions keep the
     rest. ``deployment`` is a folder holding deployment.json (with the split to restore on a rollback)."""
     import logging
-    import os
 
-    from components.common.jsonl import write_json
-    from components.deploy.core import DEPLOYMENT_FILE, DeploymentSpec, deploy_model
+    from components.common.errors import exit_on_user_error
+    from components.deploy.core import DeploymentSpec, deploy_model
 
     logging.basicConfig(level=logging.INFO)
-    spec = DeploymentSpec(endpoint_name=endpoint_name, machine_type=machine_type, accelerator_type=accelerator_type,
-                          accelerator_count=accelerator_count, min_replica_count=min_replica_count,
-                          max_replica_count=max_replica_count, traffic_percentage=traffic_percentage)
-    result = deploy_model(registered_model.path, spec, api_endpoint=api_endpoint or None)
-    os.makedirs(deployment.path, exist_ok=True)
-    write_json(os.path.join(deployment.path, DEPLOYMENT_FILE), result.to_dict())
+    with exit_on_user_error():
+        result = deploy_model(registered_model.path, DeploymentSpec(
+            endpoint_name=endpoint_name, machine_type=machine_type, accelerator_type=accelerator_type,
+            accelerator_count=accelerator_count, min_replica_count=min_replica_count,
+            max_replica_count=max_replica_count, traffic_percentage=traffic_percentage,
+        ), api_endpoint=api_endpoint or None)
+    result.write(deployment.path)
     deployment.metadata.update({"endpoint": result.endpoint, "deployed_model_id": result.deployed_model_id,
                                 "traffic_split": result.traffic_split, "backend": result.backend})
     return result.deployed_model_id
@@ -54,12 +54,14 @@ def smoke_test_component(
     below ``min_format_rate``. ``report``: a folder holding smoke_test.json (counts and timings, no text)."""
     import logging
 
+    from components.common.errors import exit_on_user_error
     from components.deploy.smoke_test import smoke_test
 
     logging.basicConfig(level=logging.INFO)
-    result = smoke_test(deployment.path, test_data.path, report.path, recipe=recipe, overrides=list(overrides),
-                        prompts=prompts, min_format_rate=min_format_rate, undeploy_after=undeploy_after,
-                        api_endpoint=api_endpoint or None)
+    with exit_on_user_error():
+        result = smoke_test(deployment.path, test_data.path, report.path, recipe=recipe, overrides=list(overrides),
+                            prompts=prompts, min_format_rate=min_format_rate, undeploy_after=undeploy_after,
+                            api_endpoint=api_endpoint or None)
     for key in ("n", "errors", "format_rate", "accuracy", "latency_p50_s", "latency_p95_s"):
         if result[key] is not None:
             metrics.log_metric(key, result[key])

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.common.artifacts import RegistrationRecord, read_document
 from components.common.errors import UserError
 from components.common.jsonl import write_json
+from components.register.core import REGISTRATION_FILE
 
 logger = logging.getLogger(__name__)
 
-REGISTRATION_FILE = "registration.json"
 DEPLOYMENT_FILE = "deployment.json"
 ENDPOINT_FILE = "endpoint.json"
 ENDPOINTS_FOLDER = "_endpoints"  # model names start with a letter or digit, so this never names a model
@@ -84,6 +85,11 @@ class Deployment:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def write(self, folder: str | Path) -> None:
+        """deployment.json into ``folder`` (deploy's output artifact)."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_json(Path(folder) / DEPLOYMENT_FILE, self.to_dict())
+
     @classmethod
     def load(cls, path: str | Path) -> Deployment:
         """deployment.json (deploy's output) from a file path or the directory holding it."""
@@ -105,11 +111,10 @@ def load_registration(path: str | Path) -> dict[str, Any]:
         path = path / REGISTRATION_FILE
     if not path.is_file():
         raise UserError(f"registered_model: {str(path)!r} not found (expected register's {REGISTRATION_FILE})")
-    registration = json.loads(path.read_text(encoding="utf-8"))
-    missing = [key for key in ("resource_name", "uri", "backend") if key not in registration]
-    if missing:
-        raise UserError(f"registered_model: {path} lacks {', '.join(missing)}")
-    return registration
+    try:
+        return read_document(RegistrationRecord, path).model_dump(mode="json")
+    except UserError as err:
+        raise UserError(f"registered_model: {err}") from None
 
 
 def require_merged(serving_mode: str | None, model: str) -> None:
