@@ -32,10 +32,10 @@ $(VENV)/.installed: pyproject.toml containers/trainer/requirements.lock
 	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
 	python3 containers/lock.py constraints --image trainer --cpu > $(CONSTRAINTS)
 	$(VENV_PYTHON) -m pip install --quiet -c $(CONSTRAINTS) "torch==$(TORCH_VERSION)"
-	$(VENV_PYTHON) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	$(VENV_PYTHON) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,serve]'
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv: CPU torch, the package and test tools at the trainer lock's versions
+setup: $(VENV)/.installed  ## create .venv: CPU torch, the package, test tools, transformers serve (trainer lock's versions)
 
 test: setup  ## run the whole test suite (unit, compile, components, local end-to-end)
 	$(VENV_PYTHON) -m pytest -q

@@ -1,5 +1,5 @@
-"""The ``medgemma-grpo`` pipeline: check -> prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register,
-with a run summary at the end, however the run ends.
+"""The ``medgemma-grpo`` pipeline: check -> prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register
+[-> deploy -> smoke test], with a run summary at the end, however the run ends.
 
 Images are bound when the pipeline is built (``build_pipeline``), from compile-time flags: nothing here
 reads the environment.
@@ -13,6 +13,7 @@ from kfp import dsl
 
 from components.compare.component import compare_evaluations_component
 from components.data_prep.component import prepare_medqa_component
+from components.deploy.component import deploy_model_component, smoke_test_component
 from components.evaluate.component import evaluate_model_component
 from components.grpo_train.component import grpo_train_component, grpo_train_multinode_component, tuned_model_from_uri
 from components.preflight.component import check_parameters_component
@@ -62,6 +63,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
     tuned_eval = step("tuned-eval", images.trainer, evaluate_model_component)
     compare = step("compare", images.base, compare_evaluations_component)
     register = step("register", images.base, register_model)
+    deploy = step("deploy", images.base, deploy_model_component)
+    smoke_test = step("smoke-test", images.base, smoke_test_component)
     run_summary = step("run-summary", images.base, run_summary_component)
 
     def on_gpus(task, accelerator_type, accelerator_count, cpus, memory):
@@ -91,12 +94,22 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
         gate_alpha: float = 0.05,
         registry_uri: str = "vertex://",
         model_display_name: str = "medgemma-grpo",
-        registered_weights: str = "adapter",
+        registered_weights: str = "merged",
         hf_token_secret: str = "",
         encryption_key: str = "",
         network: str = "",
         service_account: str = "",
         tensorboard: str = "",
+        deploy_endpoint: str = "",
+        deploy_machine_type: str = "g2-standard-12",
+        deploy_accelerator_type: str = "NVIDIA_L4",
+        deploy_accelerator_count: int = 1,
+        deploy_min_replicas: int = 1,
+        deploy_max_replicas: int = 1,
+        deploy_traffic_percentage: int = 100,
+        smoke_test_prompts: int = 20,
+        smoke_test_min_format_rate: float = 0.9,
+        undeploy_after_smoke_test: bool = False,
     ):
         """GRPO + LoRA tuning of MedGemma on MedQA, evaluated and gated.
 
@@ -119,12 +132,22 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
             gate_alpha: Significance the gain needs (p-value of the paired test below this).
             registry_uri: Where to register: vertex:// (this run's project and region), vertex://projects/P/locations/L, or a folder.
             model_display_name: Registered model name; each run that passes the gate adds a version.
-            registered_weights: What to register: adapter (LoRA, served over the base model) or merged (full weights).
+            registered_weights: What to register: merged (full weights, what the deploy step serves) or adapter (LoRA; not deployable: docs/vertex.md).
             hf_token_secret: Secret Manager name of the Hugging Face token (projects/P/secrets/S), never the token.
             encryption_key: Cloud KMS key (CMEK) for the training custom job and the registered model; empty: Google-managed.
             network: VPC for the training custom job (projects/NUMBER/global/networks/NAME); empty: none.
             service_account: Service account of the training custom job; empty: Vertex's Custom Code Service Agent.
             tensorboard: Vertex TensorBoard for the training custom job (projects/P/locations/L/tensorboards/ID; needs service_account); empty: none.
+            deploy_endpoint: Endpoint to deploy the registered version to (created when missing); empty: no deploy.
+            deploy_machine_type: Machine type of the endpoint's replicas, e.g. g2-standard-12.
+            deploy_accelerator_type: GPU type of the endpoint's replicas, e.g. NVIDIA_L4; empty: none.
+            deploy_accelerator_count: GPUs per replica (0 with no GPU type).
+            deploy_min_replicas: Fewest replicas the endpoint scales down to (at least 1).
+            deploy_max_replicas: Most replicas the endpoint scales up to.
+            deploy_traffic_percentage: Share of the endpoint's traffic for the new version: 100 all, less a canary.
+            smoke_test_prompts: Test questions sent through the endpoint after the deploy.
+            smoke_test_min_format_rate: Format rate below which the smoke test fails and rolls the traffic back.
+            undeploy_after_smoke_test: Take the new version off the endpoint after the smoke test (saves GPU cost).
         """
         summary = run_summary()
         with dsl.ExitHandler(summary, name="medgemma-grpo-run"):
@@ -135,7 +158,12 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
                             gate_margin=gate_margin, gate_alpha=gate_alpha, registry_uri=registry_uri,
                             model_display_name=model_display_name, registered_weights=registered_weights,
                             hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
-                            service_account=service_account, tensorboard=tensorboard)
+                            service_account=service_account, tensorboard=tensorboard,
+                            deploy_endpoint=deploy_endpoint, deploy_machine_type=deploy_machine_type,
+                            deploy_accelerator_type=deploy_accelerator_type,
+                            deploy_accelerator_count=deploy_accelerator_count,
+                            deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
+                            deploy_traffic_percentage=deploy_traffic_percentage)
             data = prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings, model_id=base_model,
                            hf_token_secret=hf_token_secret).after(checked)
             prepared = data.outputs["prepared_data"]
@@ -167,11 +195,22 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
             gate = compare(baseline_evaluation=baseline.outputs["evaluation"],
                            tuned_evaluation=tuned.outputs["evaluation"], margin=gate_margin, alpha=gate_alpha)
             with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                register(model=tuned_model, comparison=gate.outputs["comparison"],
-                         tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
-                         model_name=model_display_name, recipe=recipe, base_model=base_model,
-                         data_fingerprint=data.outputs["Output"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                         serving_mode=registered_weights, encryption_key=encryption_key,
-                         run_project=RUN_PROJECT if on_vertex else "", run_location=RUN_LOCATION if on_vertex else "")
+                registered = register(
+                    model=tuned_model, comparison=gate.outputs["comparison"],
+                    tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
+                    model_name=model_display_name, recipe=recipe, overrides=recipe_settings, base_model=base_model,
+                    data_fingerprint=data.outputs["Output"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    serving_mode=registered_weights, encryption_key=encryption_key,
+                    run_project=RUN_PROJECT if on_vertex else "", run_location=RUN_LOCATION if on_vertex else "")
+                with dsl.If(deploy_endpoint != "", name="deploy-and-smoke-test"):
+                    deployed = deploy(registered_model=registered.outputs["registered_model"],
+                                      endpoint_name=deploy_endpoint, machine_type=deploy_machine_type,
+                                      accelerator_type=deploy_accelerator_type,
+                                      accelerator_count=deploy_accelerator_count,
+                                      min_replica_count=deploy_min_replicas, max_replica_count=deploy_max_replicas,
+                                      traffic_percentage=deploy_traffic_percentage)
+                    smoke_test(deployment=deployed.outputs["deployment"], test_data=prepared, recipe=recipe,
+                               overrides=recipe_settings, prompts=smoke_test_prompts,
+                               min_format_rate=smoke_test_min_format_rate, undeploy_after=undeploy_after_smoke_test)
 
     return medgemma_grpo

@@ -1,9 +1,10 @@
-"""python pipelines/run_local.py [--summary-json PATH]: run the whole pipeline on this machine's CPU.
+"""python pipelines/run_local.py [--summary-json PATH] [--no-deploy]: run the whole pipeline on this machine's CPU.
 
 The same pipeline Vertex runs, through kfp.local (SubprocessRunner, this Python environment), with the tiny
 offline Gemma 3 model, the bundled synthetic demo data and the ``tiny-cpu`` recipe. Registration goes to a
-file registry under the pipeline root. Prints the run summary the pipeline's exit task wrote (the same one a
-Vertex run logs); ``--summary-json`` writes it as JSON.
+file registry under the pipeline root; the registered model is deployed to a folder endpoint next to it and
+smoke-tested through a real local server (``transformers serve``) unless ``--no-deploy``. Prints the run summary
+the pipeline's exit task wrote (the same one a Vertex run logs); ``--summary-json`` writes it as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from components.common.errors import UserError, cli_main
 
 log = logging.getLogger("run_local")
 DEFAULT_WORKDIR = "local_outputs"
+LOCAL_ENDPOINT = "medgemma-grpo-demo-endpoint"
 
 
 def tiny_model_dir(workdir: Path) -> Path:
@@ -79,7 +81,7 @@ def collect_summary(run_dir: Path, wall_seconds: float) -> LocalRun:
     return LocalRun(read_document(RunSummary, summary_file), run_dir, wall_seconds)
 
 
-def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01) -> LocalRun:
+def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01, deploy: bool = True) -> LocalRun:
     from kfp import local
 
     from components.demo_data import bundled_demo_dir
@@ -101,6 +103,7 @@ def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01
         registry_uri=str(pipeline_root / "registry"),
         model_display_name="medgemma-grpo-demo",
         gate_alpha=gate_alpha,
+        deploy_endpoint=LOCAL_ENDPOINT if deploy else "",
     )
     return collect_summary(_newest_run_dir(pipeline_root, before), time.monotonic() - started)
 
@@ -111,9 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"outputs and caches (default ./{DEFAULT_WORKDIR})")
     parser.add_argument("--summary-json", help="also write the results as JSON here")
     parser.add_argument("--gate-alpha", type=float, default=0.01, help="significance the gate requires (default 0.01)")
+    parser.add_argument("--no-deploy", dest="deploy", action="store_false",
+                        help="skip the deploy + smoke test through a local server (transformers serve)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run = run_local(args.workdir, gate_alpha=args.gate_alpha)
+    run = run_local(args.workdir, gate_alpha=args.gate_alpha, deploy=args.deploy)
     print("\n" + run.table())
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-STEPS = ["data_prep", "grpo_train", "evaluate", "compare", "register", "tiny_model", "demo_data", "preflight",
-         "run_summary"]
+STEPS = ["data_prep", "grpo_train", "evaluate", "compare", "register", "deploy", "tiny_model", "demo_data",
+         "preflight", "run_summary"]
 
 
 @pytest.mark.parametrize("step", STEPS)

@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.e2e
-def test_local_run_trains_gates_and_registers(tmp_path):
+def test_local_run_trains_gates_registers_and_serves(tmp_path):
     summary_path = tmp_path / "summary.json"
     result = subprocess.run(
         [sys.executable, "pipelines/run_local.py", "--workdir", str(tmp_path / "work"), "--summary-json", str(summary_path)],
@@ -30,6 +30,10 @@ def test_local_run_trains_gates_and_registers(tmp_path):
     assert version_dir.is_dir() and (version_dir / "manifest.json").is_file()
     aliases = json.loads((version_dir.parent.parent / "aliases.json").read_text())
     assert aliases["champion"] == aliases["challenger"] == int(summary["registered_version"])
-    assert "baseline" in result.stdout and "McNemar" in result.stdout
+    # The registered merged weights, deployed to the local endpoint, answered through transformers serve.
+    smoke = summary["smoke_test"]
+    assert summary["state"] == "SUCCEEDED" and summary["deployed_to"].endswith("_endpoints/medgemma-grpo-demo-endpoint")
+    assert smoke["n"] == 20 and smoke["format_rate"] >= 0.9
+    assert "baseline" in result.stdout and "McNemar" in result.stdout and "smoke test" in result.stdout
     # Medical-data hygiene holds for the demo too: no question text in the run's logs.
     assert "Examination shows" not in result.stdout + result.stderr

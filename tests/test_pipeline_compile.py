@@ -205,3 +205,25 @@ def test_training_is_retried_for_preemption(spec):
     for name in ("train", "train-custom-job"):
         _, task = tasks_by_name(spec)[name]
         assert task.retry_policy.max_retry_count == 5
+
+
+def test_deploy_and_smoke_test_run_only_when_an_endpoint_is_named_after_registration(spec):
+    tasks = tasks_by_name(spec)
+    deploy_owner, deploy = tasks["deploy"]
+    smoke_owner, smoke = tasks["smoke-test"]
+    assert deploy_owner == smoke_owner != "root"
+    register_owner, _ = tasks["register"]
+    [deploy_condition] = [t for t in spec.components[register_owner].dag.tasks.values()
+                          if t.component_ref.name == deploy_owner]
+    assert "deploy_endpoint" in deploy_condition.trigger_policy.condition
+    assert list(smoke.dependent_tasks) == ["deploy"]
+    # inside the condition, register's output comes in as the condition's input
+    assert deploy.inputs.artifacts["registered_model"].component_input_artifact == \
+        "pipelinechannel--register-registered_model"
+    for task in ("deploy", "smoke-test"):
+        assert container(spec, task)["image"] == BASE
+        assert "accelerator" not in container(spec, task).get("resources", {})
+    params = spec.root.input_definitions.parameters
+    defaults = {name: json_format.MessageToDict(p.default_value) for name, p in params.items() if p.HasField("default_value")}
+    assert defaults["deploy_endpoint"] == "" and defaults["registered_weights"] == "merged"
+    assert defaults["smoke_test_prompts"] == 20 and defaults["deploy_traffic_percentage"] == 100

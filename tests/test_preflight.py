@@ -60,3 +60,19 @@ def test_cli_checks_a_parameters_file(tmp_path, capsys):
     path.write_text(json.dumps({**GOOD, "train_accelerator_count": 0}))
     assert main([str(path)]) == 2
     assert capsys.readouterr().err.strip() == "error: train_accelerator_count must be at least 1, got 0"
+
+
+DEPLOYMENT = dict(deploy_endpoint="medqa", deploy_machine_type="g2-standard-12", deploy_accelerator_type="NVIDIA_L4",
+                  deploy_accelerator_count=1, deploy_min_replicas=1, deploy_max_replicas=2, deploy_traffic_percentage=10)
+
+
+def test_a_deploy_of_an_adapter_or_with_bad_settings_fails_before_training():
+    merged = {**GOOD, "registered_weights": "merged"}
+    assert check_run_parameters(**merged, **DEPLOYMENT) == ONE_VM
+    assert check_run_parameters(**GOOD, **{**DEPLOYMENT, "deploy_endpoint": ""}) == ONE_VM  # no deploy: not checked
+    with pytest.raises(UserError, match="serving_mode 'adapter' cannot be deployed"):
+        check_run_parameters(**GOOD, **DEPLOYMENT)
+    with pytest.raises(UserError, match="min_replica_count <= max_replica_count"):
+        check_run_parameters(**merged, **{**DEPLOYMENT, "deploy_min_replicas": 3})
+    with pytest.raises(UserError, match="traffic_percentage must be 1-100"):
+        check_run_parameters(**merged, **{**DEPLOYMENT, "deploy_traffic_percentage": 0})

@@ -85,7 +85,7 @@ def register(tmp_path: Path, run: str, passes_gate: bool = True, correct: list[b
         recipe="medgemma-4b",
         data_fingerprint="sha256-0123abcd",
         pipeline_run=run,
-        **kwargs,
+        **{"serving_mode": "adapter", **kwargs},
     )
 
 
@@ -268,7 +268,7 @@ def test_bad_parameters_are_named(tmp_path, change, message):
     kwargs = {
         "model_name": "medgemma-medqa",
         "base_model": "google/medgemma-4b-it",
-        "recipe": "r",
+        "recipe": "tiny-cpu",
         "data_fingerprint": "",
         "pipeline_run": "run-1",
         "serving_mode": "adapter",
@@ -284,7 +284,8 @@ def test_model_dir_without_adapter_files_is_rejected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="model_dir: .* has no adapter_config.json"):
         register_model(str(tmp_path / "empty"), str(make_comparison(tmp_path)), str(tmp_path / "reg"),
-                       model_name="m", base_model="b", recipe="r", data_fingerprint="", pipeline_run="x")
+                       model_name="m", base_model="b", recipe="tiny-cpu", data_fingerprint="", pipeline_run="x",
+                       serving_mode="adapter")
 
 
 def test_comparison_must_hold_the_gate_fields(tmp_path):
@@ -307,8 +308,9 @@ def test_register_accepts_the_compare_steps_real_output(tmp_path):
                                                       "accuracy": sum(correct) / 4, "ci_low": 0.0, "ci_high": 1.0})
     comparison = compare_evaluations(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "compare"))
     result = register_model(str(make_adapter(tmp_path / "adapter")), str(tmp_path / "compare"),
-                            str(tmp_path / "registry"), model_name="m", base_model="b", recipe="r",
-                            data_fingerprint="", pipeline_run="run-1", predictions_path=str(tmp_path / "tuned"))
+                            str(tmp_path / "registry"), model_name="m", base_model="b", recipe="tiny-cpu",
+                            data_fingerprint="", pipeline_run="run-1", serving_mode="adapter",
+                            predictions_path=str(tmp_path / "tuned"))
     assert result.labels["passed_gate"] == str(comparison["passes_gate"]).lower()
 
 
@@ -335,7 +337,7 @@ def test_cli_registers_and_prints_json(tmp_path, capsys):
     adapter = make_adapter(tmp_path / "adapter")
     comparison = make_comparison(tmp_path / "compare")
     argv = [str(adapter), str(comparison), str(tmp_path / "registry"), "--model-name", "medgemma-medqa",
-            "--recipe", "medgemma-4b", "--pipeline-run", "cli-run", "--failed-gate"]
+            "--recipe", "medgemma-4b", "--pipeline-run", "cli-run", "--failed-gate", "--serving-mode", "adapter"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["version"] == "1" and printed["labels"]["passed_gate"] == "false"
@@ -371,7 +373,7 @@ def test_kfp_wrapper_writes_the_registered_reference(tmp_path):
     returned = register_component(
         model=model, comparison=comparison, tuned_evaluation=evaluation, registered_model=registered,
         champion_report=report, registry_uri=str(tmp_path / "registry"),
-        model_name="medgemma-medqa", recipe="medgemma-4b", pipeline_run="kfp-run",
+        model_name="medgemma-medqa", recipe="medgemma-4b", pipeline_run="kfp-run", serving_mode="adapter",
     )
     assert returned == str(tmp_path / "registry" / "medgemma-medqa" / "versions" / "1")
     written = json.loads((Path(registered.path) / "registration.json").read_text())
@@ -417,6 +419,14 @@ def test_bare_vertex_uri_is_refused_with_what_to_give(tmp_path):
     with pytest.raises(UserError, match="vertex://projects/P/locations/L"):
         parse_vertex_registry_uri("vertex://")
     assert parse_vertex_registry_uri("vertex://projects/p1/locations/europe-west4") == ("p1", "europe-west4")
+
+
+def test_serving_flags_come_from_the_recipe_and_its_overrides(tmp_path):
+    register(tmp_path, "run-1", recipe_overrides=["serving.max_model_len=8192", "serving.deployment_timeout_s=3600"])
+    manifest = json.loads((tmp_path / "registry" / "medgemma-medqa" / "versions" / "1" / "manifest.json").read_text())
+    container = manifest["serving_container"]
+    assert "--max-model-len=8192" in container["args"] and "--gpu-memory-utilization=0.9" in container["args"]
+    assert (container["shared_memory_size_mb"], container["deployment_timeout_s"]) == (16384, 3600)
 
 
 def test_vertex_default_resolves_to_the_runs_own_project_and_region():

@@ -259,7 +259,7 @@ def test_no_question_text_reaches_the_registry_or_the_logs(vertex, gcs, tmp_path
     with caplog.at_level(logging.DEBUG):
         register_model(
             str(model_dir), str(compare_dir), REGISTRY, model_name="medgemma-medqa", base_model="google/medgemma-4b-it",
-            recipe="r", data_fingerprint="f", pipeline_run="run-q", staging_uri=f"gs://{BUCKET}/root/run-q",
+            recipe="tiny-cpu", data_fingerprint="f", pipeline_run="run-q", serving_mode="adapter", staging_uri=f"gs://{BUCKET}/root/run-q",
             api_endpoint=vertex.endpoint, credentials=AnonymousCredentials(),
         )
     sent = json.dumps([r.body for r in vertex.requests])
@@ -294,7 +294,7 @@ def test_kfp_wrapper_stages_local_files_under_its_output_in_the_pipeline_root(ve
     returned = register_component(
         model=model, comparison=comparison, tuned_evaluation=evaluation, registered_model=registered,
         champion_report=report, registry_uri=REGISTRY, model_name="medgemma-medqa", recipe="medgemma-4b-h100",
-        pipeline_run="run-kfp", api_endpoint=vertex.endpoint,
+        pipeline_run="run-kfp", api_endpoint=vertex.endpoint, serving_mode="adapter",
     )
     [upload] = uploads(vertex)
     assert upload["artifactUri"] == f"{output_uri}/model"

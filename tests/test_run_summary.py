@@ -142,3 +142,26 @@ def test_the_p_value_line_names_the_compare_steps_test():
 
     assert "McNemar p-value   1.20e-15   (n = 240 paired questions)" in table("mcnemar_exact")
     assert "sign-flip p-value 1.20e-15   (n = 240 paired questions)" in table("paired_sign_flip")
+
+
+def test_a_deployed_run_names_the_endpoint_and_the_smoke_test_numbers(tmp_path):
+    run_dir = finished_run(tmp_path / "run")
+    write_task(run_dir, "deploy", {"deployment": {"endpoint": "projects/p/locations/l/endpoints/9", "backend": "vertex"}})
+    write_task(run_dir, "smoke-test", {"metrics": {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55,
+                                                   "latency_p50_s": 0.41, "latency_p95_s": 0.9, "errors": 0.0}})
+    summary = summarize_run("SUCCEEDED", "local", run_dir / "run-summary" / "summary")
+    assert summary.deployed_to == "projects/p/locations/l/endpoints/9"
+    assert summary.smoke_test.model_dump() == {"n": 20, "format_rate": 1.0, "accuracy": 0.55, "latency_p50_s": 0.41,
+                                               "latency_p95_s": 0.9}
+    assert read_document(RunSummary, run_dir / "run-summary" / "summary" / "summary.json") == summary
+    table = render_summary(summary)
+    assert "deployed          projects/p/locations/l/endpoints/9" in table
+    assert "smoke test        20 prompts: format rate 1.00, accuracy 0.55, latency p50 0.41 s, p95 0.90 s" in table
+
+
+def test_a_failed_smoke_test_is_the_failed_step(tmp_path):
+    run_dir = finished_run(tmp_path / "run")
+    write_task(run_dir, "deploy", {"deployment": {"endpoint": "e"}})
+    write_task(run_dir, "smoke-test", None)  # kfp.local leaves no output for a task that raised
+    summary = summarize_run("FAILED", "local", run_dir / "run-summary" / "summary")
+    assert summary.failed_task == "smoke-test" and summary.smoke_test is None

@@ -2,7 +2,7 @@
 
 Prepared rows (data prep -> training, evaluation), predictions and metrics (evaluate -> compare, register),
 the comparison (compare -> register), the registration record (register) and the run summary (the pipeline's
-exit handler). Types are strict: ``"false"`` is not a boolean and ``"1"`` is not an integer. JSON documents
+exit handler, with the deploy smoke test's numbers). Types are strict: ``"false"`` is not a boolean and ``"1"`` is not an integer. JSON documents
 carry ``schema_version``; a reader refuses a bad file with one line naming the file, the line and the field.
 """
 
@@ -141,6 +141,16 @@ class RegistrationRecord(_Document):
     champion_decision: ChampionDecision | None = None
 
 
+class SmokeTestNumbers(_Strict):
+    """The deploy smoke test's numbers in the run summary (counts and timings only)."""
+
+    n: int = Field(ge=1)
+    format_rate: float | None = Field(default=None, ge=0, le=1)
+    accuracy: float | None = Field(default=None, ge=0, le=1)
+    latency_p50_s: float | None = Field(default=None, ge=0)
+    latency_p95_s: float | None = Field(default=None, ge=0)
+
+
 class RunSummary(_Document):
     """How a pipeline run ended, written by its exit task (run_summary); a value no step recorded is None."""
 
@@ -162,6 +172,8 @@ class RunSummary(_Document):
     registered_at: str | None = None  # the version's resource name (Vertex) or folder (file registry)
     registered_version: str | None = None
     registered_aliases: list[str] | None = None
+    deployed_to: str | None = None  # the endpoint's resource name (Vertex) or folder; None: not deployed
+    smoke_test: SmokeTestNumbers | None = None
 
 
 # ---------------------------------------------------------------------------------------------- readers

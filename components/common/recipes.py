@@ -79,6 +79,17 @@ class EvalSpec:
 
 
 @dataclass
+class ServingSpec:
+    """How the registered model is served: vLLM's flags in Model Garden's container, which register writes into
+    the registered model and the deploy step's endpoint then runs with."""
+
+    max_model_len: int = 4096  # prompt + answer tokens; MedQA prompts stay under 512, answers under 512
+    gpu_memory_utilization: float = 0.9
+    shared_memory_size_mb: int = 16 * 1024  # vLLM's workers share tensors through /dev/shm
+    deployment_timeout_s: int = 7200  # the container's first start downloads the weights
+
+
+@dataclass
 class Recipe:
     name: str
     description: str = ""
@@ -88,6 +99,7 @@ class Recipe:
     lora: LoraSpec = field(default_factory=LoraSpec)
     rewards: RewardSpec = field(default_factory=RewardSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
+    serving: ServingSpec = field(default_factory=ServingSpec)
     # Keyword arguments of trl.GRPOConfig, checked against it by the training step.
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -102,9 +114,15 @@ class Recipe:
             ("lora.r", self.lora.r),
             ("evaluation.max_new_tokens", self.evaluation.max_new_tokens),
             ("evaluation.samples_per_question", self.evaluation.samples_per_question),
+            ("serving.max_model_len", self.serving.max_model_len),
+            ("serving.shared_memory_size_mb", self.serving.shared_memory_size_mb),
+            ("serving.deployment_timeout_s", self.serving.deployment_timeout_s),
         ]:
             if not isinstance(value, int) or value <= 0:
                 raise UserError(f"recipe {self.name!r}: {name} must be a positive integer, got {value!r}")
+        if not 0 < self.serving.gpu_memory_utilization <= 1:
+            raise UserError(f"recipe {self.name!r}: serving.gpu_memory_utilization must be in (0, 1], "
+                            f"got {self.serving.gpu_memory_utilization!r}")
         if self.rewards.correctness < 0 or self.rewards.format < 0:
             raise UserError(f"recipe {self.name!r}: reward weights must be >= 0")
         if self.rewards.correctness == 0 and self.rewards.format == 0:
@@ -115,7 +133,8 @@ class Recipe:
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
-_SECTION_CLASSES = {"model": ModelSpec, "data": DataSpec, "lora": LoraSpec, "rewards": RewardSpec, "evaluation": EvalSpec}
+_SECTION_CLASSES = {"model": ModelSpec, "data": DataSpec, "lora": LoraSpec, "rewards": RewardSpec,
+                    "evaluation": EvalSpec, "serving": ServingSpec}
 
 
 def available_recipes() -> list[str]:

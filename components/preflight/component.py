@@ -21,6 +21,13 @@ def check_parameters_component(
     network: str = "",
     service_account: str = "",
     tensorboard: str = "",
+    deploy_endpoint: str = "",
+    deploy_machine_type: str = "",
+    deploy_accelerator_type: str = "",
+    deploy_accelerator_count: int = 0,
+    deploy_min_replicas: int = 1,
+    deploy_max_replicas: int = 1,
+    deploy_traffic_percentage: int = 100,
 ) -> str:
     """Fail on the first pipeline parameter that cannot work, naming it; return where training runs
     (``one-vm`` or ``custom-job``). A single string output, so that the pipeline can branch on it."""
@@ -36,4 +43,8 @@ def check_parameters_component(
             registry_uri=registry_uri, model_display_name=model_display_name, registered_weights=registered_weights,
             hf_token_secret=hf_token_secret, encryption_key=encryption_key, network=network,
             service_account=service_account, tensorboard=tensorboard,
+            deploy_endpoint=deploy_endpoint, deploy_machine_type=deploy_machine_type,
+            deploy_accelerator_type=deploy_accelerator_type, deploy_accelerator_count=deploy_accelerator_count,
+            deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
+            deploy_traffic_percentage=deploy_traffic_percentage,
         )

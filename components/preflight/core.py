@@ -52,8 +52,19 @@ def check_run_parameters(
     network: str = "",
     service_account: str = "",
     tensorboard: str = "",
+    deploy_endpoint: str = "",
+    deploy_machine_type: str = "",
+    deploy_accelerator_type: str = "",
+    deploy_accelerator_count: int = 0,
+    deploy_min_replicas: int = 1,
+    deploy_max_replicas: int = 1,
+    deploy_traffic_percentage: int = 100,
 ) -> str:
-    """Raise ``UserError`` naming the first parameter that cannot work; return the training route."""
+    """Raise ``UserError`` naming the first parameter that cannot work; return the training route.
+
+    The deploy settings (``deploy_endpoint`` empty: no deploy) are checked here too, so that an adapter or a bad
+    replica count fails before training, not after it.
+    """
     load_recipe(recipe, recipe_settings)  # an unknown recipe or a bad setting names itself
     accelerators: dict[str, Any] = {"train": (train_accelerator_type, train_accelerator_count),
                                     "eval": (eval_accelerator_type, eval_accelerator_count)}
@@ -84,4 +95,13 @@ def check_run_parameters(
                       accelerator_count=train_accelerator_count, project="run-project", location="run-region",
                       service_account=service_account, network=network, encryption_key=encryption_key,
                       tensorboard=tensorboard, spot=train_on_spot).check()
+    if deploy_endpoint:
+        from components.deploy.core import ADAPTER_REFUSED, DeploymentSpec
+
+        if registered_weights == "adapter":
+            raise UserError(ADAPTER_REFUSED)
+        DeploymentSpec(endpoint_name=deploy_endpoint, machine_type=deploy_machine_type,
+                       accelerator_type=deploy_accelerator_type, accelerator_count=deploy_accelerator_count,
+                       min_replica_count=deploy_min_replicas, max_replica_count=deploy_max_replicas,
+                       traffic_percentage=deploy_traffic_percentage).validate()
     return training_route(train_nodes, train_on_spot)

@@ -22,10 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("registry_uri", help="a local folder, or vertex://projects/PROJECT/locations/REGION")
     parser.add_argument("--model-name", required=True, help="registered model (display) name")
     parser.add_argument("--base-model", default="google/medgemma-4b-it")
-    parser.add_argument("--recipe", required=True, help="recipe name (becomes a label)")
+    parser.add_argument("--recipe", required=True, help="recipe name or path (a label; its serving section sets vLLM's flags)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="recipe override, repeatable (e.g. serving.max_model_len=8192)")
     parser.add_argument("--data-fingerprint", default="", help="data prep's fingerprint (becomes a label)")
     parser.add_argument("--pipeline-run", required=True, help="pipeline run name; makes retries idempotent")
-    parser.add_argument("--serving-mode", choices=SERVING_MODES, default="adapter")
+    parser.add_argument("--serving-mode", choices=SERVING_MODES, default="merged",
+                        help="merged (default: what Model Garden's vLLM container serves correctly) or adapter")
     gate = parser.add_mutually_exclusive_group()
     gate.add_argument("--passed-gate", dest="passed_gate", action="store_true", default=None,
                       help="move 'champion' to the new version (default: comparison.json's passes_gate)")
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         data_fingerprint=args.data_fingerprint,
         pipeline_run=args.pipeline_run,
         serving_mode=args.serving_mode,
+        recipe_overrides=args.overrides,
         passed_gate=args.passed_gate,
         predictions_path=args.predictions,
         serving_image=args.serving_image,

@@ -17,7 +17,8 @@ def register_model(
     pipeline_run: str,
     base_model: str = "google/medgemma-4b-it",
     data_fingerprint: str = "",
-    serving_mode: str = "adapter",
+    serving_mode: str = "merged",
+    overrides: list = [],  # noqa: B006 (recipe "section.field=value" overrides: the serving flags)
     serving_image: str = "",
     encryption_key: str = "",
     run_project: str = "",
@@ -54,6 +55,7 @@ def register_model(
             data_fingerprint=data_fingerprint,
             pipeline_run=pipeline_run,
             serving_mode=serving_mode,
+            recipe_overrides=list(overrides),
             predictions_path=tuned_evaluation.path,
             serving_image=serving_image or DEFAULT_VLLM_IMAGE,
             staging_uri=staging_uri,

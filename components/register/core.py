@@ -42,6 +42,7 @@ from components.common.artifacts import (
 )
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import write_json
+from components.common.recipes import ServingSpec, load_recipe
 from components.compare.core import PREDICTIONS_FILE, QuestionScores, paired_test, question_scores
 
 logger = logging.getLogger(__name__)
@@ -206,24 +207,25 @@ def champion_table(comparison: Comparison, decision: ChampionDecision) -> str:
     return "\n".join(lines)
 
 
-def vllm_container(serving_mode: str, base_model: str, adapter_name: str) -> dict[str, Any]:
-    """vLLM server arguments for Vertex's Model Garden image. Vertex copies the artifact to a location it
-    puts in ``AIP_STORAGE_URI`` and expands ``$(AIP_STORAGE_URI)`` in args."""
+def vllm_container(serving_mode: str, base_model: str, adapter_name: str, serving: ServingSpec) -> dict[str, Any]:
+    """vLLM server arguments for Vertex's Model Garden image, with the recipe's serving flags. Vertex copies
+    the artifact to a location it puts in ``AIP_STORAGE_URI`` and expands ``$(AIP_STORAGE_URI)`` in args."""
     args = ["python", "-m", "vllm.entrypoints.api_server", "--host=0.0.0.0", f"--port={VLLM_PORT}"]
     if serving_mode == "merged":
         args.append("--model=$(AIP_STORAGE_URI)")
     else:
         # The base is pulled at deploy time (a gated model: the endpoint needs HF_TOKEN set at deploy).
         args += [f"--model={base_model}", "--enable-lora", f"--lora-modules={adapter_name}=$(AIP_STORAGE_URI)"]
-    args += ["--max-model-len=4096", "--gpu-memory-utilization=0.9", "--disable-log-stats"]
+    args += [f"--max-model-len={serving.max_model_len}",
+             f"--gpu-memory-utilization={serving.gpu_memory_utilization}", "--disable-log-stats"]
     return {
         "args": args,
         "env": {"MODEL_ID": base_model, "DEPLOY_SOURCE": "medgemma-grpo-pipeline"},
         "ports": [VLLM_PORT],
         "predict_route": "/generate",
         "health_route": "/ping",
-        "shared_memory_size_mb": 16 * 1024,
-        "deployment_timeout_s": 7200,
+        "shared_memory_size_mb": serving.shared_memory_size_mb,
+        "deployment_timeout_s": serving.deployment_timeout_s,
     }
 
 
@@ -304,7 +306,8 @@ def register_model(
     recipe: str,
     data_fingerprint: str,
     pipeline_run: str,
-    serving_mode: str = "adapter",
+    serving_mode: str = "merged",
+    recipe_overrides: list[str] | None = None,
     passed_gate: bool | None = None,
     predictions_path: str | None = None,
     serving_image: str = DEFAULT_VLLM_IMAGE,
@@ -315,7 +318,8 @@ def register_model(
 ) -> RegisteredModel:
     """Register ``model_dir`` as a new version of ``model_name`` (or return the version this run made).
 
-    ``passed_gate`` defaults to comparison.json's ``passes_gate``. ``predictions_path``: the tuned model's
+    ``passed_gate`` defaults to comparison.json's ``passes_gate``. The serving flags come from the recipe's
+    ``serving`` section (with ``recipe_overrides``). ``predictions_path``: the tuned model's
     evaluate output (folder or predictions.jsonl), stored with the version and tested against the current
     champion's. ``staging_uri`` (gs://, e.g. under the pipeline root) is the folder local model files are
     copied to before a Vertex upload; local predictions go next to it, as ``test_predictions.jsonl``.
@@ -362,7 +366,8 @@ def register_model(
         challenger=challenger,
         labels=labels,
         serving_image=serving_image,
-        container=vllm_container(serving_mode, base_model, adapter_name=sanitize_label(model_name)),
+        container=vllm_container(serving_mode, base_model, adapter_name=sanitize_label(model_name),
+                                 serving=load_recipe(recipe, recipe_overrides).serving),
     )
     if registry_uri.startswith(VERTEX_SCHEME):
         project, location = parse_vertex_registry_uri(registry_uri)

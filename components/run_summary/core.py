@@ -1,5 +1,6 @@
 """How a pipeline run ended, in one summary: its state, the step that failed (if one did), baseline and tuned
-accuracy with their CIs, the delta and its p-value, and where the model was registered.
+accuracy with their CIs, the delta and its p-value, where the model was registered and, when it was deployed,
+the endpoint and the smoke test's numbers.
 
 The pipeline's exit task builds it; it cannot take the steps' outputs as inputs (KFP forbids an exit task
 any dependency), so it reads what each step recorded as its artifacts' metadata: on Vertex from the
@@ -14,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import RunSummary, write_document
+from components.common.artifacts import RunSummary, SmokeTestNumbers, write_document
 
 logger = logging.getLogger(__name__)
 
 # The pipeline's steps by task name, in run order (pipelines/medgemma_grpo.py names them).
 STEPS = ("check-parameters", "prepare-data", "baseline-eval", "train", "train-custom-job", "tuned-model",
-         "tuned-eval", "compare", "register")
+         "tuned-eval", "compare", "register", "deploy", "smoke-test")
 SUCCEEDED = "SUCCEEDED"
 SUMMARY_FILE = "summary.json"
 
@@ -87,7 +88,18 @@ def _failed_step(state: str, tasks: dict[str, TaskResult]) -> str | None:
     comparison = tasks["compare"].artifacts.get("comparison_metrics", {}) if "compare" in tasks else {}
     if comparison and not comparison.get("passes_gate"):
         not_taken.add("register")
+    if "register" in not_taken or "register" in tasks:  # deploy runs only after a registration, when asked
+        not_taken |= {"deploy", "smoke-test"} - set(tasks)
     return next((step for step in STEPS if step not in not_taken and step not in tasks), None)
+
+
+def _smoke_test_numbers(metrics: dict[str, Any]) -> SmokeTestNumbers | None:
+    """The smoke test's logged metrics (absent: it did not run or did not finish)."""
+    if "n" not in metrics:
+        return None
+    return SmokeTestNumbers(n=int(metrics["n"]),  # Vertex hands metrics back as floats
+                            **{key: metrics.get(key) for key in ("format_rate", "accuracy", "latency_p50_s",
+                                                                 "latency_p95_s")})
 
 
 def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str | None = None) -> RunSummary:
@@ -101,6 +113,7 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
     comparison = artifact("compare", "comparison_metrics")
     registration = artifact("register", "registered_model")
     prepared = artifact("prepare-data", "prepared_data")
+    deployment, smoke = artifact("deploy", "deployment"), artifact("smoke-test", "metrics")
     passes_gate = comparison.get("passes_gate")
     return RunSummary(
         state=state,
@@ -121,6 +134,8 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
         registered_at=registration.get("resource_name"),
         registered_version=registration.get("version"),
         registered_aliases=registration.get("aliases"),
+        deployed_to=deployment.get("endpoint"),
+        smoke_test=_smoke_test_numbers(smoke),
     )
 
 
@@ -144,6 +159,12 @@ def render_summary(summary: RunSummary) -> str:
     else:
         where = "not registered"
     n = f"   (n = {summary.n} paired questions)" if summary.n is not None else ""
+    deployed = [f"{'deployed':18}{summary.deployed_to}"] if summary.deployed_to else []
+    smoke = summary.smoke_test
+    if smoke:
+        deployed.append(f"{'smoke test':18}{smoke.n} prompts: format rate {number(smoke.format_rate, '.2f')}, "
+                        f"accuracy {number(smoke.accuracy, '.2f')}, latency p50 {number(smoke.latency_p50_s, '.2f')} s, "
+                        f"p95 {number(smoke.latency_p95_s, '.2f')} s")
     return "\n".join([
         f"{'run':18}{state}",
         f"{'':18}{'accuracy':>10}  95% CI",
@@ -152,6 +173,7 @@ def render_summary(summary: RunSummary) -> str:
         f"{'delta':18}{number(summary.delta, '+.3f'):>10}  {ci(summary.delta_ci)}",
         f"{P_VALUE_LABELS[summary.test]:18}{number(summary.p_value, '.2e')}{n}",
         f"{'registered':18}{where}",
+        *deployed,
     ])
 
 

@@ -1,9 +1,11 @@
 """A loopback stand-in for the Vertex AI REST API (v1), recording what the real aiplatform SDK sends.
 
-It implements just what the register step and pipelines/submit.py call, with the service's documented
+It implements just what the register and deploy steps and pipelines/submit.py call, with the service's documented
 semantics where the tests depend on them: model versions numbered per model, the first version always
 ``default``, an alias given to a new version taken from the old one, list filters on ``display_name`` and
-``labels.KEY``. Point the SDK at it with ``aiplatform.init(api_transport="rest",
+``labels.KEY``; endpoints with deployed models and a traffic split (key ``"0"`` in a deploy request names
+the model being deployed; a deployed model that is undeployed leaves the split), and ``:predict`` answered
+by ``predict_reply(instance, deployed_model)`` from the deployed model that the traffic split picks. Point the SDK at it with ``aiplatform.init(api_transport="rest",
 api_endpoint=server.endpoint)``; the ``http://`` scheme is what makes the REST transport use plain HTTP.
 """
 
@@ -21,6 +23,7 @@ from fakes.loopback import LoopbackServer
 
 _LOCATION = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _MODEL = _LOCATION + r"/models/(?P<model>[^/@:]+)(@(?P<version>[^/:]+))?"
+_ENDPOINT = _LOCATION + r"/endpoints/(?P<endpoint>[^/:]+)"
 
 
 @dataclass
@@ -38,6 +41,8 @@ class _State:
     # model id -> list of versions (dicts in REST JSON form), version i at index i - 1
     models: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # "id@version" -> evaluations
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # endpoint id -> Endpoint (REST JSON)
+    next_deployed_model_id: int = 5000
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -78,9 +83,23 @@ class FakeVertex(LoopbackServer):
     def model_versions(self, model_id: str) -> list[dict[str, Any]]:
         return self.state.models[model_id]
 
+    def answer_predictions_with(self, reply) -> None:
+        """``reply(instance, deployed_model)``: the prediction, or ``(status, message)`` to fail the request."""
+        self._server.RequestHandlerClass.predict_reply = staticmethod(reply)
+
+    def endpoint_named(self, display_name: str) -> dict[str, Any]:
+        return next(e for e in self.state.endpoints.values() if e["displayName"] == display_name)
+
+
+def _done(name: str, response_type: str, response: dict[str, Any]) -> dict[str, Any]:
+    """A long-running operation that has already finished (the SDK then reads ``response`` without polling)."""
+    return {"name": name, "done": True,
+            "response": {"@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{response_type}", **response}}
+
 
 class _Handler(BaseHTTPRequestHandler):
     state: _State
+    predict_reply: Any = None  # set by FakeVertex.answer_predictions_with
 
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
         pass
@@ -123,11 +142,18 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", _MODEL + r"/evaluations:import$", self._import_evaluation),
             ("GET", _MODEL + r"/evaluations$", self._list_evaluations),
             ("GET", _MODEL + r"$", self._get_model),
+            ("GET", _LOCATION + r"/endpoints$", self._list_endpoints),
+            ("POST", _LOCATION + r"/endpoints$", self._create_endpoint),
+            ("GET", _ENDPOINT + r"$", self._get_endpoint),
+            ("POST", _ENDPOINT + r":deployModel$", self._deploy_model),
+            ("POST", _ENDPOINT + r":undeployModel$", self._undeploy_model),
+            ("POST", _ENDPOINT + r":predict$", self._predict),
         ]
         for route_method, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
             if match and method == route_method:
-                return 200, handler(match.groupdict(), query, body)
+                result = handler(match.groupdict(), query, body)
+                return result if isinstance(result, tuple) else (200, result)
         return 404, {"error": {"code": 404, "message": f"fake Vertex has no route {method} {path}"}}
 
     def _create_pipeline_job(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
@@ -165,7 +191,9 @@ class _Handler(BaseHTTPRequestHandler):
             older["versionAliases"] = [a for a in older["versionAliases"] if a not in aliases]
         version_id = str(len(versions) + 1)
         name = f"projects/{ids['project']}/locations/{ids['location']}/models/{model_id}"
-        versions.append({**requested, "name": name, "versionId": version_id, "versionAliases": aliases})
+        # A model with a custom serving container deploys on dedicated machines only.
+        versions.append({**requested, "name": name, "versionId": version_id, "versionAliases": aliases,
+                         "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"]})
         return {
             "name": f"{name}/operations/upload-{version_id}",
             "done": True,
@@ -203,3 +231,61 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _list_evaluations(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
         return {"modelEvaluations": self.state.evaluations.get(self._evaluation_key(ids), [])}
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _list_endpoints(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
+        return {"endpoints": [e for e in self.state.endpoints.values() if _matches(query.get("filter", ""), e)]}
+
+    def _create_endpoint(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
+        endpoint_id = str(7000 + len(self.state.endpoints))
+        name = f"projects/{ids['project']}/locations/{ids['location']}/endpoints/{endpoint_id}"
+        self.state.endpoints[endpoint_id] = {**body, "name": name, "deployedModels": [], "trafficSplit": {}}
+        return _done(f"{name}/operations/create", "Endpoint", self.state.endpoints[endpoint_id])
+
+    def _get_endpoint(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
+        return self.state.endpoints[ids["endpoint"]]
+
+    def _deploy_model(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
+        endpoint = self.state.endpoints[ids["endpoint"]]
+        deployed_id = str(self.state.next_deployed_model_id)
+        self.state.next_deployed_model_id += 1
+        requested = body["deployedModel"]
+        model, _, version = requested["model"].partition("@")
+        deployed = {**requested, "id": deployed_id, "model": model, "modelVersionId": version or "1"}
+        endpoint["deployedModels"].append(deployed)
+        split = {(deployed_id if key == "0" else key): value for key, value in body.get("trafficSplit", {}).items()}
+        if sum(split.values()) != 100:
+            return 400, {"error": {"code": 400, "message": f"traffic split must sum to 100, got {split}"}}
+        endpoint["trafficSplit"] = split
+        return _done(f"{endpoint['name']}/operations/deploy-{deployed_id}", "DeployModelResponse",
+                     {"deployedModel": deployed})
+
+    def _undeploy_model(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
+        endpoint = self.state.endpoints[ids["endpoint"]]
+        deployed_id = body["deployedModelId"]
+        endpoint["deployedModels"] = [m for m in endpoint["deployedModels"] if m["id"] != deployed_id]
+        split = body.get("trafficSplit") or {}
+        if endpoint["deployedModels"] and sum(split.values()) != 100:
+            return 400, {"error": {"code": 400, "message": f"traffic split must sum to 100, got {split}"}}
+        endpoint["trafficSplit"] = split
+        return _done(f"{endpoint['name']}/operations/undeploy-{deployed_id}", "UndeployModelResponse", {})
+
+    def _predict(self, ids: dict[str, str], query: dict[str, str], body: Any) -> Any:
+        endpoint = self.state.endpoints[ids["endpoint"]]
+        split = endpoint["trafficSplit"]
+        if not split:
+            return 400, {"error": {"code": 400, "message": "the endpoint has no deployed model with traffic"}}
+        # Deterministic stand-in for the weighted pick: the n-th request goes where n falls in the split.
+        position = sum(1 for r in self.state.requests if r.path.endswith(":predict")) * 37 % 100
+        for deployed_id, share in sorted(split.items()):
+            position -= share
+            if position < 0:
+                break
+        deployed = next(m for m in endpoint["deployedModels"] if m["id"] == deployed_id)
+        reply = self.predict_reply(body["instances"][0], deployed)
+        if isinstance(reply, tuple):
+            status, message = reply
+            return status, {"error": {"code": status, "message": message}}
+        return {"predictions": [reply], "deployedModelId": deployed_id, "model": deployed["model"],
+                "modelVersionId": deployed["modelVersionId"]}
