@@ -118,6 +118,17 @@ def test_trainer_lock_has_vllm_in_trl_range_and_the_torch_stack():
     assert all(req.specifier.contains(Version(pins["vllm"])) for req in vllm_ranges)
 
 
+# The torch each vLLM wheel pins (its METADATA's `Requires-Dist: torch==`): 0.26.0 is the vLLM that ran on the
+# device (docs/performance.md), 0.30.0 the one the trainer lock ships.
+VLLM_TORCH = {"0.26.0": "2.11.0", "0.30.0": "2.13.0"}
+
+
+def test_trainer_lock_torch_is_the_one_its_vllm_pins():
+    pins = lock.read_lock(lock.lock_path("trainer"))
+    assert pins["vllm"] in VLLM_TORCH, f"vllm {pins['vllm']}: add the torch it pins to VLLM_TORCH"
+    assert pins["torch"] == VLLM_TORCH[pins["vllm"]]
+
+
 def test_base_lock_has_no_torch_stack():
     pins = lock.read_lock(lock.lock_path("base"))
     heavy = sorted(name for name in pins if name in lock.BASE_EXCLUDED or name in {"vllm", "triton"}
@@ -186,7 +197,7 @@ def test_make_setup_installs_under_the_trainer_lock_constraints(tmp_path):
     pins = lock.read_lock(lock.lock_path("trainer"))
     assert installs == [
         f'{venv}/bin/python -m pip install --quiet -c {constraints} "torch=={pins["torch"]}"',
-        f"{venv}/bin/python -m pip install --quiet -c {constraints} -e '.[test]'",
+        f"{venv}/bin/python -m pip install --quiet -c {constraints} -e '.[test,serve]'",
     ]
 
 

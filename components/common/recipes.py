@@ -66,7 +66,7 @@ class EvalSpec:
     seed: int = 42
     samples_per_question: int = 1
     batch_size: int = 0  # 0: chosen from free memory
-    backend: str = "auto"
+    backend: str = "transformers"  # our generator; "vllm" or "auto" (vLLM where importable) on request
     liger_kernels: bool = False  # Liger's fused Gemma kernels in the transformers path, on GPUs (ignored on CPU)
 
     def decoding(self, top_k: int) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class ServingSpec:
 class Recipe:
     name: str
     description: str = ""
-    generation_backend: str = "auto"
+    generation_backend: str = "transformers"  # our rollout on GPUs, TRL's generate on CPU; or "vllm", "auto"
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)

@@ -35,7 +35,8 @@ ENDPOINTS_FOLDER = "_endpoints"  # model names start with a letter or digit, so 
 ADAPTER_REFUSED = (
     "serving_mode 'adapter' cannot be deployed: vLLM applies a LoRA adapter of Gemma 3's multimodal class to its "
     "language model only (vllm-project/vllm#32758) and fetches the gated base model at deploy time (HF_TOKEN in "
-    "the endpoint's environment); register merged weights instead (serving_mode=merged)"
+    "the endpoint's environment); register merged weights instead (pipeline parameter registered_weights=merged, "
+    "register CLI serving_mode=merged)"
 )
 _ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERTEX_MODEL = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/models/[^/@]+(@[^/]+)?$")

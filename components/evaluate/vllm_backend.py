@@ -68,7 +68,7 @@ def generate_with_vllm(model_id: str, adapter: str | None, prompts: Sequence[Seq
     except ImportError as err:  # only the GPU image ships vLLM
         from components.common.errors import UserError
 
-        raise UserError("evaluation.backend=vllm needs the vllm package (GPU image); use backend=transformers") from err
+        raise UserError("evaluation.backend=vllm needs the vllm package (GPU image); use evaluation.backend=transformers") from err
 
     e = spec.evaluation
     with tempfile.TemporaryDirectory() as workdir:

@@ -10,7 +10,7 @@ def grpo_train_component(
     recipe: str = "medgemma-4b",
     model_id: str = "google/medgemma-4b-it",
     overrides: list = [],  # noqa: B006 (KFP needs a literal default)
-    serving_mode: str = "adapter",
+    serving_mode: str = "merged",
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
 ) -> str:
@@ -54,7 +54,7 @@ def grpo_train_multinode_component(
     recipe: str = "medgemma-4b",
     model_id: str = "google/medgemma-4b-it",
     overrides: list = [],  # noqa: B006 (KFP needs a literal default)
-    serving_mode: str = "adapter",
+    serving_mode: str = "merged",
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
     pipeline_run: str = "",
