@@ -9,8 +9,6 @@ are multiplied in one captured CUDA graph, as in the decode step, by:
 - ``triton``: a split-K Triton kernel, each config in ``CONFIGS`` tried (the best is reported, all are kept).
 
     python bench/bench_decode_gemm.py --rows 128,256 --output bench/results/decode_gemm_h200.json
-
-(``decode_gemm_h200.json`` was measured with a 262,144-row ``lm_head``, before the shapes came from the config.)
 """
 
 from __future__ import annotations

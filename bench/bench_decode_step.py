@@ -15,7 +15,7 @@ part it can. Each row count gets a new generator, as each rollout does. Options:
 
 On a GPU the report also checks that the graph computes what the eager step does (greedy tokens).
 
-    python bench/bench_decode_step.py --rows 128,256 --liger --profile --output bench/results/decode_step_liger_h100.json
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python bench/bench_decode_step.py --rows 128,256 --liger --profile --fusions qkv+layers --output bench/results/decode_step_h200.json
     python bench/bench_decode_step.py --rows 256 --backends EFFICIENT_ATTENTION,CUDNN_ATTENTION,MATH
     python bench/bench_decode_step.py --rows 64,256,384 --eager --eval-sampling
     python bench/bench_decode_step.py --rows 128,256 --liger --fusions qkv+layers,qkv,none,qkv+gate_up

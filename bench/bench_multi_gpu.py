@@ -11,8 +11,8 @@ Two workloads:
   - ``--tiny``: the warm-started tiny model on the bundled demo data, recipe ``tiny-cpu`` (64 completions a
     step, split 32 x 2): a model that learns, for comparing the reward/loss curves at 1 vs N GPUs.
 
-    python bench/bench_multi_gpu.py --gpus 1,2 --steps 4 --output bench/results/multi_gpu_h100x2.json
-    python bench/bench_multi_gpu.py --tiny --gpus 1,2 --steps 30 --output bench/results/multi_gpu_tiny_h100x2.json
+    python bench/bench_multi_gpu.py --gpus 1,2 --steps 9 --output bench/results/multi_gpu_h200x2.json
+    python bench/bench_multi_gpu.py --tiny --gpus 1,2 --steps 20 --output bench/results/multi_gpu_tiny_h200x2.json
     python bench/bench_multi_gpu.py --tiny --gpus 1,2 --steps 2                   # CPU smoke run (2 processes)
 
 Output JSON: ``cards`` holds each GPU's matmul and memory-copy rate (measured first); ``runs[N]`` holds

@@ -32,7 +32,7 @@ class ModelSpec:
 @dataclass
 class DataSpec:
     prompt_template: str = NOTEBOOK_PROMPT_TEMPLATE
-    # TRL no longer truncates prompts, so the notebook's max_prompt_length=512 is enforced in data prep.
+    # TRL 1.x does not truncate prompts, so the notebook's max_prompt_length=512 is enforced in data prep.
     max_prompt_tokens: int = 512
     val_size: int = 100
     seed: int = 42

@@ -24,7 +24,7 @@ def engine_args(model_path: str, *, dtype: str, seed: int, max_model_len: int) -
 
 
 def shutdown(llm) -> None:
-    """Stop the engine's worker process now: left to garbage collection, the step lingered for minutes."""
+    """Stop the engine now: otherwise the engine's worker process outlives the step."""
     engine = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if engine is not None and hasattr(engine, "shutdown"):
         engine.shutdown()
