@@ -195,9 +195,8 @@ def make_step_timer():
 
 
 def _fast_rollout(config, backend: str, device: str, rollout: str):
-    """Our CUDA-graph generator for the completions (GPU without vLLM: "auto"), or None for TRL's own path.
-
-    On CPU "auto" keeps TRL's generate, so the local run stays as it was measured.
+    """Our CUDA-graph generator for the completions (rollout "auto" on a GPU with the transformers backend), or
+    None for TRL's own path: vLLM, or the CPU, where "auto" keeps TRL's generate for the tiny local run.
     """
     if rollout not in ROLLOUTS:
         raise choices_error("rollout", rollout, ROLLOUTS)
