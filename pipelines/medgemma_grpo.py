@@ -163,7 +163,9 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
                             deploy_accelerator_type=deploy_accelerator_type,
                             deploy_accelerator_count=deploy_accelerator_count,
                             deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
-                            deploy_traffic_percentage=deploy_traffic_percentage)
+                            deploy_traffic_percentage=deploy_traffic_percentage,
+                            smoke_test_prompts=smoke_test_prompts,
+                            smoke_test_min_format_rate=smoke_test_min_format_rate)
             data = prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings, model_id=base_model,
                            hf_token_secret=hf_token_secret).after(checked)
             prepared = data.outputs["prepared_data"]

@@ -76,3 +76,7 @@ def test_a_deploy_of_an_adapter_or_with_bad_settings_fails_before_training():
         check_run_parameters(**merged, **{**DEPLOYMENT, "deploy_min_replicas": 3})
     with pytest.raises(UserError, match="traffic_percentage must be 1-100"):
         check_run_parameters(**merged, **{**DEPLOYMENT, "deploy_traffic_percentage": 0})
+    with pytest.raises(UserError, match="^smoke_test_prompts must be at least 1, got 0$"):
+        check_run_parameters(**merged, **DEPLOYMENT, smoke_test_prompts=0)
+    with pytest.raises(UserError, match=r"^smoke_test_min_format_rate must be between 0 and 1, got 1.5$"):
+        check_run_parameters(**merged, **DEPLOYMENT, smoke_test_min_format_rate=1.5)

@@ -28,6 +28,8 @@ def check_parameters_component(
     deploy_min_replicas: int = 1,
     deploy_max_replicas: int = 1,
     deploy_traffic_percentage: int = 100,
+    smoke_test_prompts: int = 20,
+    smoke_test_min_format_rate: float = 0.9,
 ) -> str:
     """Fail on the first pipeline parameter that cannot work, naming it; return where training runs
     (``one-vm`` or ``custom-job``). A single string output, so that the pipeline can branch on it."""
@@ -46,5 +48,6 @@ def check_parameters_component(
             deploy_endpoint=deploy_endpoint, deploy_machine_type=deploy_machine_type,
             deploy_accelerator_type=deploy_accelerator_type, deploy_accelerator_count=deploy_accelerator_count,
             deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
-            deploy_traffic_percentage=deploy_traffic_percentage,
+            deploy_traffic_percentage=deploy_traffic_percentage, smoke_test_prompts=smoke_test_prompts,
+            smoke_test_min_format_rate=smoke_test_min_format_rate,
         )

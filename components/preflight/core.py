@@ -59,6 +59,8 @@ def check_run_parameters(
     deploy_min_replicas: int = 1,
     deploy_max_replicas: int = 1,
     deploy_traffic_percentage: int = 100,
+    smoke_test_prompts: int = 20,
+    smoke_test_min_format_rate: float = 0.9,
 ) -> str:
     """Raise ``UserError`` naming the first parameter that cannot work; return the training route.
 
@@ -104,4 +106,8 @@ def check_run_parameters(
                        accelerator_type=deploy_accelerator_type, accelerator_count=deploy_accelerator_count,
                        min_replica_count=deploy_min_replicas, max_replica_count=deploy_max_replicas,
                        traffic_percentage=deploy_traffic_percentage).validate()
+        if smoke_test_prompts < 1:
+            raise UserError(f"smoke_test_prompts must be at least 1, got {smoke_test_prompts}")
+        if not 0 <= smoke_test_min_format_rate <= 1:
+            raise UserError(f"smoke_test_min_format_rate must be between 0 and 1, got {smoke_test_min_format_rate}")
     return training_route(train_nodes, train_on_spot)
