@@ -13,7 +13,7 @@ from fakes.artifacts import FakeArtifact
 
 def _write_eval(folder: Path, correct_by_id: dict[str, bool], model: str = "google/medgemma-4b-it",
                 notebook_correct_by_id: dict[str, bool] | None = None) -> Path:
-    """An evaluate folder; the notebook's score equals the strict one unless ``notebook_correct_by_id`` says otherwise."""
+    """An evaluate folder; the notebook's score is the strict one unless ``notebook_correct_by_id`` is given."""
     notebook = notebook_correct_by_id or correct_by_id
     rows = [
         {"id": qid, "gold": "A", "extracted": "A" if ok else "B", "correct": ok, "notebook_correct": notebook[qid],

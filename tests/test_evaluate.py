@@ -55,7 +55,8 @@ def test_evaluate_writes_the_contract_files(tiny_model, test_file, tmp_path, cap
     assert metrics["decoding"]["do_sample"] is True and metrics["decoding"]["temperature"] == 0.7
     predictions = read_jsonl(out / "predictions.jsonl")
     assert [p["id"] for p in predictions] == [f"q{i}" for i in range(6)]
-    assert {"id", "gold", "extracted", "correct", "notebook_correct", "truncated", "tokens", "completion"} <= set(predictions[0])
+    expected_fields = {"id", "gold", "extracted", "correct", "notebook_correct", "truncated", "tokens", "completion"}
+    assert expected_fields <= set(predictions[0])
     assert metrics["accuracy"] == pytest.approx(sum(p["correct"] for p in predictions) / 6)
     assert all(p["notebook_correct"] is (notebook_extract_answer(p["completion"]) == p["gold"]) for p in predictions)
     assert metrics["notebook_accuracy"] == pytest.approx(sum(p["notebook_correct"] for p in predictions) / 6)
@@ -89,13 +90,19 @@ def test_k_samples_and_greedy_option(tiny_model, test_file, tmp_path):
     assert greedy["decoding"] == {"do_sample": False, "max_new_tokens": 4, "seed": 42, "samples_per_question": 1, "batch_size": 64}
 
 
+def _prediction(qid: str, gold: str, extracted: str | None, *, notebook_correct: bool, truncated: bool,
+                tokens: int) -> dict:
+    return {"id": qid, "gold": gold, "extracted": extracted, "correct": extracted == gold,
+            "notebook_correct": notebook_correct, "truncated": truncated, "tokens": tokens}
+
+
 def test_summarize_counts_formats_confusion_and_meta():
     rows = _rows(4)
     predictions = [
-        {"id": "q0", "gold": "A", "extracted": "A", "correct": True, "notebook_correct": True, "truncated": False, "tokens": 10},
-        {"id": "q1", "gold": "B", "extracted": None, "correct": False, "notebook_correct": True, "truncated": True, "tokens": 512},
-        {"id": "q2", "gold": "C", "extracted": "A", "correct": False, "notebook_correct": False, "truncated": False, "tokens": 20},
-        {"id": "q3", "gold": "D", "extracted": "D", "correct": True, "notebook_correct": False, "truncated": False, "tokens": 30},
+        _prediction("q0", "A", "A", notebook_correct=True, truncated=False, tokens=10),
+        _prediction("q1", "B", None, notebook_correct=True, truncated=True, tokens=512),  # a bare "B"
+        _prediction("q2", "C", "A", notebook_correct=False, truncated=False, tokens=20),
+        _prediction("q3", "D", "D", notebook_correct=False, truncated=False, tokens=30),  # "<answer>d</answer>"
     ]
     metrics = summarize(rows, predictions, 1)
     assert metrics["accuracy"] == 0.5 and metrics["format_rate"] == 0.75 and metrics["truncation_rate"] == 0.25
@@ -108,8 +115,8 @@ def test_summarize_counts_formats_confusion_and_meta():
 
 def test_evaluation_card_and_ui_metrics_show_both_scores_labelled():
     result = summarize(_rows(2), [
-        {"id": "q0", "gold": "A", "extracted": "A", "correct": True, "notebook_correct": True, "truncated": False, "tokens": 4},
-        {"id": "q1", "gold": "B", "extracted": None, "correct": False, "notebook_correct": True, "truncated": False, "tokens": 1},
+        _prediction("q0", "A", "A", notebook_correct=True, truncated=False, tokens=4),
+        _prediction("q1", "B", None, notebook_correct=True, truncated=False, tokens=1),
     ], 1) | {"backend": "transformers", "decoding": {"do_sample": False}}
     card = render_summary(result, "m", with_adapter=False)
     assert "| accuracy, strict (gate) |" in card and "| accuracy, notebook's extraction |" in card

@@ -40,7 +40,8 @@ SCORING_CASES = [
 
 
 @pytest.mark.parametrize(("completion", "gold", "notebook_correct", "strict_correct"), SCORING_CASES)
-def test_notebook_rule_matches_the_notebook_and_differs_from_ours_where_expected(completion, gold, notebook_correct, strict_correct):
+def test_notebook_rule_agrees_with_the_notebook_and_differs_from_ours(completion, gold, notebook_correct,
+                                                                      strict_correct):
     assert notebook_extract_answer(completion) == extract_xml_answer(completion)
     assert (notebook_extract_answer(completion) == gold) is notebook_correct
     assert (extract_answer(completion, ABCD) == gold) is strict_correct

@@ -77,7 +77,8 @@ def question_scores(predictions: list[Prediction], name: str) -> QuestionScores:
         raise UserError(f"{name}: field 'sample' must run 0..{k - 1} for every question")
     notebook = [p.notebook_correct for p in predictions]
     notebook_accuracy = None if None in notebook else sum(notebook) / len(notebook)
-    return QuestionScores({qid: right / seen_count for qid, (right, seen_count) in totals.items()}, k, notebook_accuracy)
+    scores = {qid: right / seen_count for qid, (right, seen_count) in totals.items()}
+    return QuestionScores(scores, k, notebook_accuracy)
 
 
 def read_evaluation(eval_dir: str | Path, role: str) -> tuple[QuestionScores, EvaluationMetrics | None]:

@@ -2,8 +2,9 @@
 
 Same prompt (the chat messages data prep wrote) and the same answer extraction as the training reward
 (:func:`components.common.answers.extract_answer`); the notebook's looser extraction is scored alongside
-(``notebook_correct``, ``notebook_accuracy``) for comparison with its table, never for the gate. Writes ``metrics.json`` and ``predictions.jsonl``;
-completion text goes only to ``predictions.jsonl``, logs carry counts and progress.
+(``notebook_correct``, ``notebook_accuracy``) for comparison with its table, never for the gate. Writes
+``metrics.json`` and ``predictions.jsonl``; completion text goes only to ``predictions.jsonl``, logs carry
+counts and progress.
 """
 
 from __future__ import annotations
@@ -179,9 +180,10 @@ def evaluate_model(
     write_document(output_dir / METRICS_FILE, document)
     metrics = document.model_dump(mode="json")
     log.info(
-        "accuracy %.4f [%.4f, %.4f] (notebook's extraction %.4f) on %d questions; format rate %.3f, truncation rate %.3f; generation %.1f s",
-        metrics["accuracy"], metrics["ci_low"], metrics["ci_high"], metrics["notebook_accuracy"], metrics["n"], metrics["format_rate"],
-        metrics["truncation_rate"], generation_s,
+        "accuracy %.4f [%.4f, %.4f] (notebook's extraction %.4f) on %d questions; format rate %.3f, "
+        "truncation rate %.3f; generation %.1f s",
+        metrics["accuracy"], metrics["ci_low"], metrics["ci_high"], metrics["notebook_accuracy"], metrics["n"],
+        metrics["format_rate"], metrics["truncation_rate"], generation_s,
     )
     return metrics
 
