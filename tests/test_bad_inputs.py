@@ -34,8 +34,8 @@ QUESTION = "A 23-year-old pregnant woman at 22 weeks gestation presents with bur
 
 
 def prediction(qid: str, correct: bool = True, **changes) -> dict:
-    row = {"id": qid, "gold": "A", "extracted": "A" if correct else "B", "correct": correct, "truncated": False,
-           "tokens": 12, "completion": "The answer is A"}
+    row = {"id": qid, "gold": "A", "extracted": "A" if correct else "B", "correct": correct,
+           "notebook_correct": correct is True, "truncated": False, "tokens": 12, "completion": "The answer is A"}
     row.update(changes)
     return {k: v for k, v in row.items() if v is not ...}
 
@@ -49,7 +49,7 @@ def write_lines(path: Path, rows: list) -> Path:
 
 def metrics(**changes) -> dict:
     document = {"schema_version": 1, "model": "base", "n": 3, "samples": 3, "accuracy": 0.5, "ci_low": 0.1,
-                "ci_high": 0.9}
+                "ci_high": 0.9, "notebook_accuracy": 0.5, "notebook_ci_low": 0.1, "notebook_ci_high": 0.9}
     document.update(changes)
     return {k: v for k, v in document.items() if v is not ...}
 
@@ -103,6 +103,8 @@ BAD_PREDICTION_ROWS = [
     ("correct-is-a-number", prediction("q1") | {"correct": 1}, "line 2: field 'correct': expected a boolean, got 1"),
     ("correct-is-long-text", prediction("q1") | {"correct": QUESTION},
      "line 2: field 'correct': expected a boolean, got a string of 88 characters"),
+    ("notebook-correct-is-text", prediction("q1", notebook_correct="true"),
+     "line 2: field 'notebook_correct': expected a boolean, got 'true'"),
     ("tokens-is-text", prediction("q1", tokens="12"), "line 2: field 'tokens': expected an integer, got '12'"),
     ("tokens-is-negative", prediction("q1", tokens=-1),
      "line 2: field 'tokens': input should be greater than or equal to 0, got -1"),
@@ -197,6 +199,9 @@ BAD_METRICS = [
     ("accuracy-above-one", json.dumps(metrics(accuracy=50)),
      "field 'accuracy': input should be less than or equal to 1, got 50"),
     ("model-missing", json.dumps(metrics(model=...)), "field 'model': missing"),
+    ("notebook-accuracy-missing", json.dumps(metrics(notebook_accuracy=...)), "field 'notebook_accuracy': missing"),
+    ("notebook-accuracy-as-text", json.dumps(metrics(notebook_accuracy="0.5")),
+     "field 'notebook_accuracy': expected a number, got '0.5'"),
 ]
 
 

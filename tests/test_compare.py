@@ -11,15 +11,21 @@ from components.compare.core import compare_evaluations
 from fakes.artifacts import FakeArtifact
 
 
-def _write_eval(folder: Path, correct_by_id: dict[str, bool], model: str = "google/medgemma-4b-it") -> Path:
+def _write_eval(folder: Path, correct_by_id: dict[str, bool], model: str = "google/medgemma-4b-it",
+                notebook_correct_by_id: dict[str, bool] | None = None) -> Path:
+    """An evaluate folder; the notebook's score is the strict one unless ``notebook_correct_by_id`` is given."""
+    notebook = notebook_correct_by_id or correct_by_id
     rows = [
-        {"id": qid, "gold": "A", "extracted": "A" if ok else "B", "correct": ok, "truncated": False, "tokens": 10}
+        {"id": qid, "gold": "A", "extracted": "A" if ok else "B", "correct": ok, "notebook_correct": notebook[qid],
+         "truncated": False, "tokens": 10}
         for qid, ok in correct_by_id.items()
     ]
     write_jsonl(folder / "predictions.jsonl", rows)
     accuracy = sum(correct_by_id.values()) / len(rows)
     write_json(folder / "metrics.json", {"schema_version": 1, "model": model, "n": len(rows), "samples": len(rows),
-                                         "accuracy": accuracy, "ci_low": 0.0, "ci_high": 1.0})
+                                         "accuracy": accuracy, "ci_low": 0.0, "ci_high": 1.0,
+                                         "notebook_accuracy": sum(notebook.values()) / len(rows),
+                                         "notebook_ci_low": 0.0, "notebook_ci_high": 1.0})
     return folder
 
 
@@ -42,6 +48,27 @@ def test_compare_counts_discordant_pairs_and_gates(tmp_path):
     assert saved == result
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| google/medgemma-4b-it | 50.0% | 70.0% | +20.0 pt |" in report
+    assert "| 50.0% | 70.0% | 100 |" in report  # the notebook's extraction agrees here
+
+
+def test_notebook_score_is_carried_and_never_gated(tmp_path):
+    ids = [f"q{i}" for i in range(100)]
+    baseline = {qid: i < 50 for i, qid in enumerate(ids)}
+    tuned = {qid: i < 50 or i >= 80 for i, qid in enumerate(ids)}
+    # The notebook's looser rule also counts bare letters: a higher score, and one that falls after tuning.
+    baseline_notebook = {qid: i < 90 for i, qid in enumerate(ids)}
+    tuned_notebook = {qid: i < 40 for i, qid in enumerate(ids)}
+    result = compare_evaluations(
+        _write_eval(tmp_path / "base", baseline, notebook_correct_by_id=baseline_notebook),
+        _write_eval(tmp_path / "tuned", tuned, notebook_correct_by_id=tuned_notebook), tmp_path / "out", margin=0.1,
+    )
+    assert result["baseline_notebook_accuracy"] == pytest.approx(0.9)
+    assert result["tuned_notebook_accuracy"] == pytest.approx(0.4)
+    assert result["passes_gate"] is True  # the gate reads the strict score only
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| strict (gate): before | strict (gate): after |" in report
+    assert "| notebook's extraction: before | notebook's extraction: after |" in report
+    assert "| 90.0% | 40.0% | 100 |" in report
 
 
 def test_gate_fails_below_margin_or_without_significance(tmp_path):
@@ -73,6 +100,9 @@ def test_k_samples_per_question_use_fractions(tmp_path):
     result = compare_evaluations(tmp_path / "b", tmp_path / "t", tmp_path / "o")
     assert result["baseline_accuracy"] == pytest.approx(0.25) and result["tuned_accuracy"] == pytest.approx(0.75)
     assert result["model"] == "baseline"  # no metrics.json: a neutral label
+    # predictions written without notebook_correct: no notebook score, and the report says n/a
+    assert result["baseline_notebook_accuracy"] is None and result["tuned_notebook_accuracy"] is None
+    assert "| n/a | n/a |" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_cli_writes_comparison_and_reports_bad_input_in_one_line(tmp_path, capsys):
@@ -97,7 +127,7 @@ def test_kfp_wrapper_returns_the_gate_and_writes_artifacts(tmp_path):
     assert passed is True
     assert json.loads(Path(comparison.path).read_text())["passes_gate"] is True
     assert metrics.metadata["delta"] == pytest.approx(0.5)
-    assert "Before (baseline)" in Path(report.path).read_text()
+    assert "strict (gate): before" in Path(report.path).read_text()
 
 
 def test_kfp_wrapper_compiles_with_a_single_bool_output():

@@ -440,7 +440,8 @@ def test_base_image_steps_run_without_torch_and_import_only_locked_packages(tmp_
         accuracy = sum(row["correct"] for row in rows) / len(rows)
         (folder / "metrics.json").write_text(json.dumps({"schema_version": 1, "n": len(rows), "samples": len(rows),
                                                          "accuracy": accuracy, "ci_low": 0.0, "ci_high": 1.0,
-                                                         "model": name}))
+                                                         "notebook_accuracy": accuracy, "notebook_ci_low": 0.0,
+                                                         "notebook_ci_high": 1.0, "model": name}))
     imported |= _run_as_base_image(tmp_path, "components.compare", "--baseline", str(tmp_path / "baseline"),
                                    "--tuned", str(tmp_path / "tuned"), "--output-dir", str(tmp_path / "compare"),
                                    "--margin", "0.0", "--alpha", "0.05")

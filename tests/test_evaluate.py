@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from components.common.answers import notebook_extract_answer
 from components.common.errors import UserError
 from components.common.jsonl import read_jsonl, write_jsonl
 from components.common.prompts import render_prompt
 from components.evaluate.__main__ import main
 from components.evaluate.core import evaluate_model, load_questions, summarize
+from components.evaluate.outputs import render_summary, ui_metrics
 from fakes.artifacts import FakeArtifact
 
 
@@ -53,8 +55,12 @@ def test_evaluate_writes_the_contract_files(tiny_model, test_file, tmp_path, cap
     assert metrics["decoding"]["do_sample"] is True and metrics["decoding"]["temperature"] == 0.7
     predictions = read_jsonl(out / "predictions.jsonl")
     assert [p["id"] for p in predictions] == [f"q{i}" for i in range(6)]
-    assert {"id", "gold", "extracted", "correct", "truncated", "tokens", "completion"} <= set(predictions[0])
+    expected_fields = {"id", "gold", "extracted", "correct", "notebook_correct", "truncated", "tokens", "completion"}
+    assert expected_fields <= set(predictions[0])
     assert metrics["accuracy"] == pytest.approx(sum(p["correct"] for p in predictions) / 6)
+    assert all(p["notebook_correct"] is (notebook_extract_answer(p["completion"]) == p["gold"]) for p in predictions)
+    assert metrics["notebook_accuracy"] == pytest.approx(sum(p["notebook_correct"] for p in predictions) / 6)
+    assert metrics["notebook_ci_low"] <= metrics["notebook_accuracy"] <= metrics["notebook_ci_high"]
     assert all(1 <= p["tokens"] <= 8 for p in predictions)
     assert metrics["truncation_rate"] == pytest.approx(sum(p["truncated"] for p in predictions) / 6)
     assert set(metrics["accuracy_by_meta"]["meta_info"]) == {"step1", "step2&3"}
@@ -84,20 +90,38 @@ def test_k_samples_and_greedy_option(tiny_model, test_file, tmp_path):
     assert greedy["decoding"] == {"do_sample": False, "max_new_tokens": 4, "seed": 42, "samples_per_question": 1, "batch_size": 64}
 
 
+def _prediction(qid: str, gold: str, extracted: str | None, *, notebook_correct: bool, truncated: bool,
+                tokens: int) -> dict:
+    return {"id": qid, "gold": gold, "extracted": extracted, "correct": extracted == gold,
+            "notebook_correct": notebook_correct, "truncated": truncated, "tokens": tokens}
+
+
 def test_summarize_counts_formats_confusion_and_meta():
     rows = _rows(4)
     predictions = [
-        {"id": "q0", "gold": "A", "extracted": "A", "correct": True, "truncated": False, "tokens": 10},
-        {"id": "q1", "gold": "B", "extracted": None, "correct": False, "truncated": True, "tokens": 512},
-        {"id": "q2", "gold": "C", "extracted": "A", "correct": False, "truncated": False, "tokens": 20},
-        {"id": "q3", "gold": "D", "extracted": "D", "correct": True, "truncated": False, "tokens": 30},
+        _prediction("q0", "A", "A", notebook_correct=True, truncated=False, tokens=10),
+        _prediction("q1", "B", None, notebook_correct=True, truncated=True, tokens=512),  # a bare "B"
+        _prediction("q2", "C", "A", notebook_correct=False, truncated=False, tokens=20),
+        _prediction("q3", "D", "D", notebook_correct=False, truncated=False, tokens=30),  # "<answer>d</answer>"
     ]
     metrics = summarize(rows, predictions, 1)
     assert metrics["accuracy"] == 0.5 and metrics["format_rate"] == 0.75 and metrics["truncation_rate"] == 0.25
+    assert metrics["notebook_accuracy"] == 0.5 and metrics["notebook_ci_low"] < 0.5 < metrics["notebook_ci_high"]
     assert metrics["ci_low"] < 0.5 < metrics["ci_high"]
     assert metrics["confusion"]["matrix"]["B"]["none"] == 1 and metrics["confusion"]["matrix"]["C"]["A"] == 1
     assert metrics["accuracy_by_meta"]["meta_info"] == {"step1": {"accuracy": 0.5, "n": 2}, "step2&3": {"accuracy": 0.5, "n": 2}}
     assert metrics["mean_completion_tokens"] == pytest.approx(143)
+
+
+def test_evaluation_card_and_ui_metrics_show_both_scores_labelled():
+    result = summarize(_rows(2), [
+        _prediction("q0", "A", "A", notebook_correct=True, truncated=False, tokens=4),
+        _prediction("q1", "B", None, notebook_correct=True, truncated=False, tokens=1),
+    ], 1) | {"backend": "transformers", "decoding": {"do_sample": False}}
+    card = render_summary(result, "m", with_adapter=False)
+    assert "| accuracy, strict (gate) |" in card and "| accuracy, notebook's extraction |" in card
+    assert "| 0.500 |" in card and "| 1.000 |" in card
+    assert ui_metrics(result)["notebook_accuracy"] == 1.0 and ui_metrics(result)["accuracy"] == 0.5
 
 
 def test_bad_input_names_the_row_and_field(tmp_path):
@@ -146,7 +170,7 @@ def test_kfp_wrapper_writes_evaluation_folder_and_ui_artifacts(tiny_model, test_
     matrix = confusion.metadata["confusion"]["matrix"]
     assert confusion.metadata["confusion"]["categories"] == ["A", "B", "C", "D", "none"]
     assert len(matrix) == 5 and all(len(r) == 5 for r in matrix) and sum(map(sum, matrix)) == 3
-    assert "| accuracy |" in Path(summary.path).read_text()
+    assert "| accuracy, strict (gate) |" in Path(summary.path).read_text()
 
 
 def test_kfp_wrapper_compiles():

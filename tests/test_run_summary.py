@@ -13,8 +13,8 @@ from components.common.artifacts import RunSummary, read_document
 from components.run_summary.__main__ import main
 from components.run_summary.core import build_summary, render_summary, summarize_run, tasks_from_vertex
 
-BASELINE = {"accuracy": 0.267, "ci_low": 0.215, "ci_high": 0.326, "n": 240}
-TUNED = {"accuracy": 0.583, "ci_low": 0.52, "ci_high": 0.644, "n": 240}
+BASELINE = {"accuracy": 0.267, "ci_low": 0.215, "ci_high": 0.326, "notebook_accuracy": 0.301, "n": 240}
+TUNED = {"accuracy": 0.583, "ci_low": 0.52, "ci_high": 0.644, "notebook_accuracy": 0.59, "n": 240}
 COMPARISON = {"baseline_accuracy": 0.267, "tuned_accuracy": 0.583, "delta": 0.317, "delta_ci_low": 0.25,
               "delta_ci_high": 0.38, "p_value": 1.2e-15, "n": 240, "passes_gate": 1.0}
 REGISTRATION = {"resource_name": "projects/p/locations/l/models/7@2", "version": "2", "aliases": ["champion"]}
@@ -55,6 +55,8 @@ def test_a_finished_local_run_is_summarized_and_written(tmp_path):
     assert read_document(RunSummary, written / "summary.json") == summary
     table = (written / "summary.md").read_text()
     assert "baseline               0.267  [0.215, 0.326]" in table
+    assert summary.baseline_notebook_accuracy == 0.301 and summary.tuned_notebook_accuracy == 0.59
+    assert "notebook's scoring     0.301 -> 0.590   (baseline -> tuned; reported, never gated)" in table
     assert "registered        projects/p/locations/l/models/7@2 (version 2)" in table
 
 
@@ -70,6 +72,7 @@ def test_a_failed_run_names_the_step_that_failed(tmp_path):
     table = render_summary(summary)
     assert table.splitlines()[0] == "run               FAILED (failed task: train)"
     assert "tuned (GRPO)             n/a" in table and "registered        not registered" in table
+    assert "notebook's scoring     0.301 -> n/a" in table
 
 
 def test_a_gate_that_did_not_pass_says_so():

@@ -7,6 +7,8 @@ Rule (strict, documented in the README):
 - that letter is one of the row's option letters.
 Anything else (no tags, two answers, ``A or B``, ``B.``, empty tags, a letter only outside the tags)
 extracts nothing. Text outside the tags (reasoning) is allowed.
+
+:func:`notebook_extract_answer` is the reference notebook's looser rule, kept only to report its score.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def extract_answer(completion: str, letters: Sequence[str]) -> str | None:
         return None
     letter = content.upper()
     return letter if letter in letters else None
+
+
+def notebook_extract_answer(completion: str) -> str:
+    """The notebook's rule, for comparison with its published table only; never a reward.
+
+    The text after the last ``<answer>`` (the whole completion when there is none), cut at the first
+    ``</answer>`` after it, stripped; a prediction is correct for the notebook when this equals the gold
+    letter exactly (case-sensitive), so a bare ``B`` counts and ``(B)`` or ``b`` do not.
+    """
+    after_last_open = completion.rpartition(OPEN_TAG)[2]
+    return after_last_open.partition(CLOSE_TAG)[0].strip()
 
 
 def completion_text(completion: object) -> str:

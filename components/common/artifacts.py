@@ -64,7 +64,9 @@ class Prediction(_Strict):
     id: str = Field(min_length=1)
     gold: str
     extracted: str | None
-    correct: bool
+    correct: bool  # the strict rule's (components.common.answers.extract_answer): the reward's and the gate's
+    # The notebook's rule (notebook_extract_answer), reported only; None in a file written without it.
+    notebook_correct: bool | None = None
     truncated: bool
     tokens: int = Field(ge=0)
     completion: str | None = None
@@ -84,6 +86,9 @@ class EvaluationMetrics(_Document):
     accuracy: float = Field(ge=0, le=1)
     ci_low: float = Field(ge=0, le=1)
     ci_high: float = Field(ge=0, le=1)
+    notebook_accuracy: float = Field(ge=0, le=1)  # the notebook's extraction rule: reported, never gated
+    notebook_ci_low: float = Field(ge=0, le=1)
+    notebook_ci_high: float = Field(ge=0, le=1)
     model: str
     adapter: str | None = None
 
@@ -95,6 +100,9 @@ class Comparison(_Document):
     tuned_model: str
     baseline_accuracy: float = Field(ge=0, le=1)
     tuned_accuracy: float = Field(ge=0, le=1)
+    # The notebook's extraction rule, reported and never gated; None when a side's predictions lack it.
+    baseline_notebook_accuracy: float | None = Field(default=None, ge=0, le=1)
+    tuned_notebook_accuracy: float | None = Field(default=None, ge=0, le=1)
     delta: float = Field(ge=-1, le=1)
     delta_ci_low: float = Field(ge=-1, le=1)
     delta_ci_high: float = Field(ge=-1, le=1)
@@ -162,6 +170,8 @@ class RunSummary(_Document):
     baseline_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)  # [low, high]
     tuned_accuracy: float | None = Field(default=None, ge=0, le=1)
     tuned_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    baseline_notebook_accuracy: float | None = Field(default=None, ge=0, le=1)  # the notebook's rule, not gated
+    tuned_notebook_accuracy: float | None = Field(default=None, ge=0, le=1)
     delta: float | None = Field(default=None, ge=-1, le=1)
     delta_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)
     test: Literal["mcnemar_exact", "paired_sign_flip"] | None = None

@@ -1,4 +1,8 @@
-"""Compare two evaluations of the same questions: paired delta, bootstrap CI, a paired test, gate."""
+"""Compare two evaluations of the same questions: paired delta, bootstrap CI, a paired test, gate.
+
+All of it uses the strict score (``correct``); the notebook's score (``notebook_correct``) is carried along
+for the report only, never gated.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class QuestionScores:
 
     scores: dict[str, float]
     samples_per_question: int
+    notebook_accuracy: float | None = None  # over all samples; None when a prediction lacks notebook_correct
 
 
 def question_scores(predictions: list[Prediction], name: str) -> QuestionScores:
@@ -70,7 +75,10 @@ def question_scores(predictions: list[Prediction], name: str) -> QuestionScores:
     k = sample_counts.pop()
     if all(p.sample is not None for p in predictions) and {p.sample for p in predictions} != set(range(k)):
         raise UserError(f"{name}: field 'sample' must run 0..{k - 1} for every question")
-    return QuestionScores({qid: right / seen_count for qid, (right, seen_count) in totals.items()}, k)
+    notebook = [p.notebook_correct for p in predictions]
+    notebook_accuracy = None if None in notebook else sum(notebook) / len(notebook)
+    scores = {qid: right / seen_count for qid, (right, seen_count) in totals.items()}
+    return QuestionScores(scores, k, notebook_accuracy)
 
 
 def read_evaluation(eval_dir: str | Path, role: str) -> tuple[QuestionScores, EvaluationMetrics | None]:
@@ -158,7 +166,7 @@ TEST_NAMES = {"mcnemar_exact": "exact McNemar", "paired_sign_flip": "paired sign
 
 def render_report(comparison: Comparison) -> str:
     """The notebook's results table plus the confidence interval and the test, as Markdown."""
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    pct = lambda x: f"{100 * x:.1f}%" if x is not None else "n/a"  # noqa: E731
     signed_pts = lambda x: f"{100 * x:+.1f} pt"  # noqa: E731
     c = comparison
     verdict = "passes" if c.passes_gate else "does not pass"
@@ -172,13 +180,19 @@ def render_report(comparison: Comparison) -> str:
     lines = [
         "# MedQA test accuracy: before and after GRPO tuning",
         "",
-        f"| Model | Before (baseline) | After (tuned) | Delta | 95% CI of delta | p ({TEST_NAMES[c.test]}) | n |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| Model | strict (gate): before | strict (gate): after | Delta | 95% CI of delta "
+        f"| p ({TEST_NAMES[c.test]}) | notebook's extraction: before | notebook's extraction: after | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {c.model} | {pct(c.baseline_accuracy)} | {pct(c.tuned_accuracy)} "
         f"| {signed_pts(c.delta)} | [{signed_pts(c.delta_ci_low)}, "
-        f"{signed_pts(c.delta_ci_high)}] | {c.p_value:.3g} | {c.n} |",
+        f"{signed_pts(c.delta_ci_high)}] | {c.p_value:.3g} "
+        f"| {pct(c.baseline_notebook_accuracy)} | {pct(c.tuned_notebook_accuracy)} | {c.n} |",
         "",
         counts,
+        "",
+        "Strict: exactly one `<answer>` pair holding one option letter (the reward's rule); the delta, its CI, "
+        "the test and the gate use it. Notebook's extraction: the text after the last `<answer>` equals the gold "
+        "letter, so a bare letter counts; shown to compare with the notebook's table, never gated.",
         "",
         f"Gate: delta >= {signed_pts(c.margin)}, p < {c.alpha:g} and the test favours the tuned model: "
         f"the tuned model **{verdict}**.",
@@ -219,6 +233,8 @@ def compare_evaluations(
         tuned_model=_model_label(tuned_metrics, "tuned"),
         baseline_accuracy=result.baseline_accuracy,
         tuned_accuracy=result.tuned_accuracy,
+        baseline_notebook_accuracy=baseline.notebook_accuracy,
+        tuned_notebook_accuracy=tuned.notebook_accuracy,
         delta=result.delta,
         delta_ci_low=ci_low,
         delta_ci_high=ci_high,

@@ -10,7 +10,8 @@ from typing import Any
 
 from components.evaluate.core import NO_ANSWER, evaluate_model
 
-SCALAR_METRICS = ("accuracy", "ci_low", "ci_high", "format_rate", "truncation_rate", "mean_completion_tokens", "n")
+SCALAR_METRICS = ("accuracy", "ci_low", "ci_high", "notebook_accuracy", "notebook_ci_low", "notebook_ci_high",
+                  "format_rate", "truncation_rate", "mean_completion_tokens", "n")
 
 
 @dataclass
@@ -52,10 +53,16 @@ def render_summary(result: dict[str, Any], model_id: str, with_adapter: bool) ->
         "# Evaluation\n\n"
         f"Model `{model_id}`" + (" + adapter" if with_adapter else "")
         + f", {result['n']} questions, backend {result['backend']}.\n\n"
-        "| accuracy | 95% CI (Wilson) | format rate | truncation rate | mean completion tokens |\n"
-        "| --- | --- | --- | --- | --- |\n"
-        f"| {result['accuracy']:.3f} | [{result['ci_low']:.3f}, {result['ci_high']:.3f}] | {result['format_rate']:.3f} "
-        f"| {result['truncation_rate']:.3f} | {result['mean_completion_tokens']:.0f} |\n\n"
+        "| accuracy, strict (gate) | 95% CI (Wilson) | accuracy, notebook's extraction | 95% CI (Wilson) "
+        "| format rate | truncation rate | mean completion tokens |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
+        f"| {result['accuracy']:.3f} | [{result['ci_low']:.3f}, {result['ci_high']:.3f}] "
+        f"| {result['notebook_accuracy']:.3f} | [{result['notebook_ci_low']:.3f}, {result['notebook_ci_high']:.3f}] "
+        f"| {result['format_rate']:.3f} | {result['truncation_rate']:.3f} "
+        f"| {result['mean_completion_tokens']:.0f} |\n\n"
+        "Strict: exactly one `<answer>` pair holding one option letter, the reward's and the gate's rule. "
+        "Notebook's extraction: the text after the last `<answer>` equals the gold letter (a bare letter counts); "
+        "reported for comparison with the notebook's table, never gated.\n\n"
         f"Decoding: `{json.dumps(result['decoding'])}`\n"
     )
 

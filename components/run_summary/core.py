@@ -1,5 +1,6 @@
 """How a pipeline run ended, in one summary: its state, the step that failed (if one did), baseline and tuned
-accuracy with their CIs, the delta and its p-value, where the model was registered and, when it was deployed,
+accuracy with their CIs, the delta and its p-value, the same two accuracies scored the notebook's way
+(reported, never gated), where the model was registered and, when it was deployed,
 the endpoint and the smoke test's numbers.
 
 The pipeline's exit task builds it; it cannot take the steps' outputs as inputs (KFP forbids an exit task
@@ -124,6 +125,8 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
         baseline_ci=_interval(baseline, "ci_low", "ci_high"),
         tuned_accuracy=comparison.get("tuned_accuracy", tuned.get("accuracy")),
         tuned_ci=_interval(tuned, "ci_low", "ci_high"),
+        baseline_notebook_accuracy=baseline.get("notebook_accuracy"),
+        tuned_notebook_accuracy=tuned.get("notebook_accuracy"),
         delta=comparison.get("delta"),
         delta_ci=_interval(comparison, "delta_ci_low", "delta_ci_high"),
         test=artifact("compare", "comparison").get("test"),
@@ -139,6 +142,7 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
     )
 
 
+NOTEBOOK_LABEL = "notebook's scoring"  # the notebook's answer extraction (notebook_extract_answer)
 P_VALUE_LABELS = {"mcnemar_exact": "McNemar p-value", "paired_sign_flip": "sign-flip p-value", None: "p-value"}
 
 
@@ -167,11 +171,13 @@ def render_summary(summary: RunSummary) -> str:
                         f"p95 {number(smoke.latency_p95_s, '.2f')} s")
     return "\n".join([
         f"{'run':18}{state}",
-        f"{'':18}{'accuracy':>10}  95% CI",
+        f"{'':18}{'accuracy':>10}  95% CI   (strict scoring: the reward's and the gate's)",
         f"{'baseline':18}{number(summary.baseline_accuracy):>10}  {ci(summary.baseline_ci)}",
         f"{'tuned (GRPO)':18}{number(summary.tuned_accuracy):>10}  {ci(summary.tuned_ci)}",
         f"{'delta':18}{number(summary.delta, '+.3f'):>10}  {ci(summary.delta_ci)}",
         f"{P_VALUE_LABELS[summary.test]:18}{number(summary.p_value, '.2e')}{n}",
+        f"{NOTEBOOK_LABEL:18}{number(summary.baseline_notebook_accuracy):>10} -> "
+        f"{number(summary.tuned_notebook_accuracy)}   (baseline -> tuned; reported, never gated)",
         f"{'registered':18}{where}",
         *deployed,
     ])
