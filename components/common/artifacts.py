@@ -265,6 +265,16 @@ def _decoded_lines(path: Path) -> Iterator[str]:
                 raise UserError(f"{path} line {number}: not UTF-8 text (byte {err.start + 1} of the line)") from None
 
 
+def artifact_file(path: str | Path, file_name: str, parameter: str, producer: str) -> Path:
+    """``path`` itself, or ``file_name`` inside it when it is a folder (a step's output); one line when absent."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / file_name
+    if not path.is_file():
+        raise UserError(f"{parameter}: {str(path)!r} not found (expected {producer}'s {file_name})")
+    return path
+
+
 def read_rows(model: type[Model], path: str | Path) -> list[Model]:
     """Every row of a JSON Lines file as ``model``; a missing, undecodable or bad file is a ``UserError``."""
     path = Path(path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import RegistrationRecord, read_document
+from components.common.artifacts import RegistrationRecord, artifact_file, read_document
 from components.common.errors import UserError
 from components.common.jsonl import write_json
 from components.register.core import REGISTRATION_FILE
@@ -94,11 +94,7 @@ class Deployment:
     @classmethod
     def load(cls, path: str | Path) -> Deployment:
         """deployment.json (deploy's output) from a file path or the directory holding it."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / DEPLOYMENT_FILE
-        if not path.is_file():
-            raise UserError(f"deployment: {str(path)!r} not found (expected deploy's {DEPLOYMENT_FILE})")
+        path = artifact_file(path, DEPLOYMENT_FILE, "deployment", "deploy")
         try:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError) as err:
@@ -107,11 +103,7 @@ class Deployment:
 
 def load_registration(path: str | Path) -> dict[str, Any]:
     """registration.json (register's output) from a file path or the directory holding it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REGISTRATION_FILE
-    if not path.is_file():
-        raise UserError(f"registered_model: {str(path)!r} not found (expected register's {REGISTRATION_FILE})")
+    path = artifact_file(path, REGISTRATION_FILE, "registered_model", "register")
     try:
         return read_document(RegistrationRecord, path).model_dump(mode="json")
     except UserError as err:

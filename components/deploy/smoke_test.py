@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.answers import extract_answer
+from components.common.artifacts import artifact_file
 from components.common.errors import UserError
 from components.common.jsonl import read_jsonl, write_json
 from components.common.recipes import Recipe, load_recipe
@@ -35,11 +36,7 @@ def load_prompts(data_path: str | Path, count: int) -> list[dict[str, Any]]:
     """The first ``count`` rows of data prep's test.jsonl (a file, or the folder holding it), checked."""
     if count < 1:
         raise UserError(f"prompts must be >= 1, got {count}")
-    path = Path(data_path)
-    if path.is_dir():
-        path = path / "test.jsonl"
-    if not path.is_file():
-        raise UserError(f"test_data: {str(path)!r} not found (expected data prep's test.jsonl)")
+    path = artifact_file(data_path, "test.jsonl", "test_data", "data prep")
     rows = read_jsonl(path)[:count]
     if not rows:
         raise UserError(f"test_data: {path} holds no rows")

@@ -36,6 +36,7 @@ from components.common.artifacts import (
     Comparison,
     Prediction,
     RegistrationRecord,
+    artifact_file,
     iter_rows,
     read_document,
     read_rows,
@@ -107,11 +108,7 @@ def write_registration(result: RegisteredModel, folder: str | Path, report_path:
 
 def load_comparison(comparison_path: str | Path) -> Comparison:
     """comparison.json (compare's output) from a file path or the directory holding it, checked against its schema."""
-    path = Path(comparison_path)
-    if path.is_dir():
-        path = path / COMPARISON_FILE
-    if not path.is_file():
-        raise UserError(f"comparison_path: {str(path)!r} not found (expected compare's {COMPARISON_FILE})")
+    path = artifact_file(comparison_path, COMPARISON_FILE, "comparison_path", "compare")
     try:
         return read_document(Comparison, path)
     except UserError as err:
@@ -120,11 +117,7 @@ def load_comparison(comparison_path: str | Path) -> Comparison:
 
 def load_predictions(predictions_path: str | Path) -> tuple[Path, QuestionScores]:
     """The challenger's predictions.jsonl (from a file path or evaluate's output folder) and its per-question scores."""
-    path = Path(predictions_path)
-    if path.is_dir():
-        path = path / PREDICTIONS_FILE
-    if not path.is_file():
-        raise UserError(f"predictions_path: {str(path)!r} not found (expected evaluate's {PREDICTIONS_FILE})")
+    path = artifact_file(predictions_path, PREDICTIONS_FILE, "predictions_path", "evaluate")
     return path, question_scores(read_rows(Prediction, path), str(path))
 
 
