@@ -25,6 +25,7 @@ from typing import Any
 from components.common.artifacts import RegistrationRecord, artifact_file, read_document
 from components.common.errors import UserError
 from components.common.jsonl import write_json
+from components.common.vertex import init_vertex
 from components.register.core import REGISTRATION_FILE
 
 logger = logging.getLogger(__name__)
@@ -246,17 +247,6 @@ def _folder_deployment(folder: Path, spec: DeploymentSpec, deployed: dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------- Vertex AI
-
-
-def init_vertex(project: str, location: str, api_endpoint: str | None, credentials: Any) -> None:
-    from google.cloud import aiplatform
-
-    init_kwargs: dict[str, Any] = {"project": project, "location": location, "credentials": credentials}
-    if api_endpoint:
-        init_kwargs["api_endpoint"] = api_endpoint
-        if api_endpoint.startswith("http://"):
-            init_kwargs["api_transport"] = "rest"  # only the REST transport speaks plain HTTP
-    aiplatform.init(**init_kwargs)
 
 
 def _project_location(resource_name: str, what: str) -> tuple[str, str]:

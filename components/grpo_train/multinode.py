@@ -26,6 +26,7 @@ from typing import Any
 
 from components.common.errors import UserError, cli_main
 from components.common.gcs import GCS_FUSE_ROOT, GCS_SCHEME, split_gcs_uri, to_gcs_uri
+from components.common.vertex import init_vertex
 from components.grpo_train.job import TrainingJob, as_local_path
 from components.grpo_train.launch import Rendezvous, outcome_from_outputs, run_job_under_torchrun, visible_gpu_count
 
@@ -192,13 +193,7 @@ def run_training_job(job: TrainingJob, settings: CustomJobSettings, *, api_endpo
     from google.cloud import aiplatform
     from google.cloud.aiplatform.compat.types import custom_job as custom_job_types
 
-    init_kwargs: dict[str, Any] = {"project": settings.project, "location": settings.location,
-                                   "credentials": credentials}
-    if api_endpoint:
-        init_kwargs["api_endpoint"] = api_endpoint
-        if api_endpoint.startswith("http://"):
-            init_kwargs["api_transport"] = "rest"  # only the REST transport speaks plain HTTP
-    aiplatform.init(**init_kwargs)
+    init_vertex(settings.project, settings.location, api_endpoint, credentials)
     custom_job = aiplatform.CustomJob(
         display_name=settings.display_name, worker_pool_specs=pools, base_output_dir=f"{output_uri}/custom_job",
         staging_bucket=f"{GCS_SCHEME}{bucket}", encryption_spec_key_name=settings.encryption_key or None,

@@ -44,6 +44,7 @@ from components.common.artifacts import (
 from components.common.errors import UserError, choices_error
 from components.common.jsonl import write_json
 from components.common.recipes import ServingSpec, load_recipe
+from components.common.vertex import init_vertex
 from components.compare.core import PREDICTIONS_FILE, QuestionScores, paired_test, question_scores
 
 logger = logging.getLogger(__name__)
@@ -615,12 +616,7 @@ def _register_on_vertex(
 ) -> RegisteredModel:
     from google.cloud import aiplatform
 
-    init_kwargs: dict[str, Any] = {"project": project, "location": location, "credentials": credentials}
-    if api_endpoint:
-        init_kwargs["api_endpoint"] = api_endpoint
-        if api_endpoint.startswith("http://"):
-            init_kwargs["api_transport"] = "rest"  # only the REST transport speaks plain HTTP
-    aiplatform.init(**init_kwargs)
+    init_vertex(project, location, api_endpoint, credentials)
 
     parent = _find_parent_model(request.model_name)
     run_filter = f'labels.{RUN_LABEL}="{request.labels[RUN_LABEL]}"'

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.artifacts import RunSummary, SmokeTestNumbers, write_document
+from components.common.vertex import init_vertex
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,7 @@ def tasks_from_vertex(job_resource_name: str, *, api_endpoint: str | None = None
     from google.cloud import aiplatform
 
     parts = job_resource_name.split("/")  # projects/P/locations/L/pipelineJobs/J
-    init_kwargs: dict[str, Any] = {"project": parts[1], "location": parts[3], "credentials": credentials}
-    if api_endpoint:
-        init_kwargs["api_endpoint"] = api_endpoint
-        if api_endpoint.startswith("http://"):
-            init_kwargs["api_transport"] = "rest"  # only the REST transport speaks plain HTTP
-    aiplatform.init(**init_kwargs)
+    init_vertex(parts[1], parts[3], api_endpoint, credentials)
     job = aiplatform.PipelineJob.get(job_resource_name)
     tasks = {}
     for detail in job.task_details:
