@@ -1,8 +1,8 @@
 """The ``medgemma-grpo`` pipeline: check -> prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register
 [-> deploy -> smoke test], with a run summary at the end, however the run ends.
 
-Images are bound when the pipeline is built (``build_pipeline``), from compile-time flags: nothing here
-reads the environment.
+Images and the target (Vertex AI, self-hosted KFP or kfp.local: pipelines/targets.py) are bound when the pipeline is
+built (``build_pipeline``), from compile-time flags: nothing here reads the environment.
 """
 
 
@@ -19,11 +19,9 @@ from components.grpo_train.component import grpo_train_component, grpo_train_mul
 from components.preflight.component import check_parameters_component
 from components.register.component import register_model
 from components.run_summary.component import run_summary_component
+from pipelines import targets
 
 PIPELINE_NAME = "medgemma-grpo"
-# Vertex fills these in for the task that receives them; kfp.local fails on them (see build_pipeline).
-RUN_PROJECT = "{{$.pipeline_google_cloud_project_id}}"
-RUN_LOCATION = "{{$.pipeline_google_cloud_location}}"
 
 
 @dataclass(frozen=True)
@@ -41,12 +39,11 @@ DEFAULT_IMAGES = Images(
 )
 
 
-def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
-    """The pipeline function with each step bound to its image.
-
-    ``on_vertex=False`` (pipelines/run_local.py) gives the register step no run project/region: kfp.local cannot
-    resolve Vertex's placeholders for them, and a local run registers into a folder.
+def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | targets.TargetSettings = "vertex"):
+    """The pipeline function with each step bound to its image, and the platform settings of ``target`` (vertex,
+    kfp, local, or settings built in pipelines/targets.py) on the tasks that need them: the graph is the same.
     """
+    target_settings = targets.target_settings(target)
 
     def step(name: str, image: str, func):
         # The images hold this package and kfp: nothing is pip-installed when a task starts.
@@ -67,12 +64,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
     smoke_test = step("smoke-test", images.base, smoke_test_component)
     run_summary = step("run-summary", images.base, run_summary_component)
 
-    def on_gpus(task, accelerator_type, accelerator_count, cpus, memory):
-        # KFP 2.17's set_*_limit do not record their pipeline parameters as task inputs, so inside a dsl.If
-        # the sub-DAG would not receive them: register them explicitly.
-        task.register_pipeline_channels([accelerator_type, accelerator_count, cpus, memory])
-        return (task.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
-                .set_cpu_limit(cpus).set_memory_limit(memory))
+    on_gpus, with_token, with_volume = target_settings.gpu, target_settings.secrets, target_settings.volume
 
     @dsl.pipeline(name=PIPELINE_NAME, description="GRPO + LoRA tuning of MedGemma on MedQA, evaluated and gated.")
     def medgemma_grpo(
@@ -118,7 +110,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
             data_source: MedQA as a Hugging Face dataset id, a gs:// prefix or a folder of train/dev/test files.
             recipe: Training and evaluation settings by name (components/recipes/), e.g. medgemma-4b-h100.
             recipe_settings: Changes to the recipe, as "section.field=value" strings, e.g. ["train.max_steps=200"].
-            train_accelerator_type: GPU type for training, e.g. NVIDIA_TESLA_A100 or NVIDIA_H100_80GB.
+            train_accelerator_type: GPU type for training: on Vertex e.g. NVIDIA_TESLA_A100, on KFP the GPU nodes' label value.
             train_accelerator_count: GPUs per training VM (at least 1).
             train_nodes: Training VMs; more than 1 runs training as a Vertex custom job.
             train_machine_type: Machine type of a custom-job training VM; empty picks the one that carries those GPUs.
@@ -130,7 +122,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
             gpu_task_memory: Memory of each one-VM GPU task, e.g. "85G".
             gate_margin: Accuracy gain the tuned model needs over the baseline to be registered, and over the champion to replace it (0.02 = 2 points).
             gate_alpha: Significance the gain needs (p-value of the paired test below this).
-            registry_uri: Where to register: vertex:// (this run's project and region), vertex://projects/P/locations/L, or a folder.
+            registry_uri: Where to register: vertex:// (this run's project and region), vertex://projects/P/locations/L, or a folder (KFP: on its volume).
             model_display_name: Registered model name; each run that passes the gate adds a version.
             registered_weights: What to register: merged (full weights, what the deploy step serves) or adapter (LoRA; not deployable: docs/vertex.md).
             hf_token_secret: Secret Manager name of the Hugging Face token (projects/P/secrets/S), never the token.
@@ -165,20 +157,21 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
                             deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
                             deploy_traffic_percentage=deploy_traffic_percentage,
                             smoke_test_prompts=smoke_test_prompts,
-                            smoke_test_min_format_rate=smoke_test_min_format_rate)
-            data = prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings, model_id=base_model,
-                           hf_token_secret=hf_token_secret).after(checked)
+                            smoke_test_min_format_rate=smoke_test_min_format_rate, **target_settings.check_inputs())
+            data = with_token(prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings,
+                                      model_id=base_model, hf_token_secret=hf_token_secret).after(checked))
             prepared = data.outputs["prepared_data"]
-            baseline = on_gpus(baseline_eval(test_data=prepared, model_id=base_model, recipe=recipe,
-                                             overrides=recipe_settings, limit=eval_question_limit,
-                                             hf_token_secret=hf_token_secret),
+            baseline = on_gpus(with_token(baseline_eval(test_data=prepared, model_id=base_model, recipe=recipe,
+                                                        overrides=recipe_settings, limit=eval_question_limit,
+                                                        hf_token_secret=hf_token_secret)),
                                eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
             with dsl.If(checked.output == "one-vm", name="train-on-one-vm"):  # all its GPUs, data parallel when several
-                one_vm = on_gpus(train(prepared_data=prepared, recipe=recipe, model_id=base_model,
-                                       overrides=recipe_settings, serving_mode=registered_weights,
-                                       hf_token_secret=hf_token_secret),
-                                 train_accelerator_type, train_accelerator_count, gpu_task_cpus,
-                                 gpu_task_memory).set_retry(5)
+                one_vm = train(prepared_data=prepared, recipe=recipe, model_id=base_model, overrides=recipe_settings,
+                               serving_mode=registered_weights, hf_token_secret=hf_token_secret,
+                               checkpoint_root=target_settings.checkpoint_root,
+                               pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                on_gpus(with_volume(with_token(one_vm)), train_accelerator_type, train_accelerator_count, gpu_task_cpus,
+                        gpu_task_memory).set_retry(5)
             with dsl.Else(name="train-as-custom-job"):  # train_nodes VMs, Spot or not
                 custom_job = train_custom_job(
                     prepared_data=prepared, trainer_image=images.trainer, nodes=train_nodes,
@@ -186,24 +179,25 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, on_vertex: bool = True):
                     machine_type=train_machine_type, spot=train_on_spot, recipe=recipe, model_id=base_model,
                     overrides=recipe_settings, serving_mode=registered_weights, hf_token_secret=hf_token_secret,
                     encryption_key=encryption_key, network=network, service_account=service_account,
-                    tensorboard=tensorboard, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER).set_retry(5)
+                    tensorboard=tensorboard, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    project=target_settings.run_project, location=target_settings.run_location).set_retry(5)
             # The branch that ran hands on its model by URI (kfp.local joins branches on parameters, not artifacts).
             tuned_model = tuned_model_of(model_uri=dsl.OneOf(one_vm.outputs["Output"],
                                                              custom_job.outputs["Output"])).outputs["tuned_model"]
-            tuned = on_gpus(tuned_eval(test_data=prepared, model_id=base_model, adapter=tuned_model, recipe=recipe,
-                                       overrides=recipe_settings, limit=eval_question_limit,
-                                       hf_token_secret=hf_token_secret),
+            tuned = on_gpus(with_token(tuned_eval(test_data=prepared, model_id=base_model, adapter=tuned_model,
+                                                  recipe=recipe, overrides=recipe_settings, limit=eval_question_limit,
+                                                  hf_token_secret=hf_token_secret)),
                             eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
             gate = compare(baseline_evaluation=baseline.outputs["evaluation"],
                            tuned_evaluation=tuned.outputs["evaluation"], margin=gate_margin, alpha=gate_alpha)
             with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                registered = register(
+                registered = with_volume(register(
                     model=tuned_model, comparison=gate.outputs["comparison"],
                     tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
                     model_name=model_display_name, recipe=recipe, overrides=recipe_settings, base_model=base_model,
                     data_fingerprint=data.outputs["Output"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     serving_mode=registered_weights, encryption_key=encryption_key,
-                    run_project=RUN_PROJECT if on_vertex else "", run_location=RUN_LOCATION if on_vertex else "")
+                    run_project=target_settings.run_project, run_location=target_settings.run_location))
                 with dsl.If(deploy_endpoint != "", name="deploy-and-smoke-test"):
                     deployed = deploy(registered_model=registered.outputs["registered_model"],
                                       endpoint_name=deploy_endpoint, machine_type=deploy_machine_type,

@@ -96,7 +96,7 @@ def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01
     # is not raised here, so that its summary (written by the exit task) is still printed.
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
     before = set(pipeline_root.iterdir())
-    build_pipeline(DEFAULT_IMAGES, on_vertex=False)(
+    build_pipeline(DEFAULT_IMAGES, target="local")(
         base_model=str(model_dir),
         data_source=str(bundled_demo_dir()),
         recipe="tiny-cpu",

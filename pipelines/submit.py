@@ -1,4 +1,5 @@
-"""Submit the compiled pipeline to Vertex AI Pipelines and print the console URL.
+"""Submit the compiled pipeline to Vertex AI Pipelines, or to a self-hosted Kubeflow Pipelines cluster, and print
+where to watch the run.
 
     python pipelines/compile.py --output medgemma_grpo_pipeline.yaml ...
     python pipelines/submit.py --project P --region us-central1 --pipeline-root gs://BUCKET/pipeline-root \\
@@ -12,6 +13,15 @@ The Hugging Face token is never a parameter value: ``--hf-token-secret`` passes 
 ``--encryption-key``, ``--network`` and ``--service-account`` set the PipelineJob's own and also fill the
 template's parameters of the same names (unless ``--param`` gives them), so that the training custom job and the
 registered model get them too. Every other parameter keeps the template's default, as in a console run.
+
+A self-hosted KFP cluster (a template compiled with ``--target kfp``; docs/kfp.md)::
+
+    python pipelines/compile.py --target kfp --output medgemma_grpo_kfp.yaml ...
+    python pipelines/submit.py --target kfp --host http://localhost:8080 --template medgemma_grpo_kfp.yaml \
+        --experiment medgemma-grpo --param recipe=medgemma-4b-h100 --wait
+
+goes through ``kfp.Client(host=...).create_run_from_pipeline_package``; ``--service-account`` is then the run's
+Kubernetes service account, and the Vertex-only flags (project, region, CMEK, network, labels, job id) are refused.
 
 Rerunning: in the Google Cloud console open Vertex AI > Pipelines > Runs, select the run and press
 "Clone" (the form comes filled with the same template, parameters, service account, network and CMEK key;
@@ -41,19 +51,31 @@ HF_TOKEN_SECRET_PARAMETER = "hf_token_secret"
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+TARGETS = ("vertex", "kfp")
+# Flags only Vertex AI Pipelines understands; a KFP submission refuses them. Each target's own required flags.
+VERTEX_ONLY_FLAGS = ("project", "region", "encryption_key", "network", "labels", "job_id", "api_endpoint")
+KFP_ONLY_FLAGS = ("host", "experiment", "namespace")
+REQUIRED_FLAGS = {"vertex": ("project", "region", "pipeline_root"), "kfp": ("host",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python pipelines/submit.py",
-        description="Submit the compiled MedGemma GRPO pipeline to Vertex AI Pipelines.",
+        description="Submit the compiled MedGemma GRPO pipeline to Vertex AI Pipelines or a self-hosted KFP cluster.",
         epilog="Rerun a finished or failed run from the console: Vertex AI > Pipelines > Runs > Clone.",
     )
+    parser.add_argument("--target", choices=TARGETS, default="vertex",
+                        help="vertex: Vertex AI Pipelines (default); kfp: a self-hosted Kubeflow Pipelines cluster")
     parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, help="compiled pipeline YAML")
-    parser.add_argument("--project", required=True)
-    parser.add_argument("--region", required=True)
-    parser.add_argument("--pipeline-root", required=True, help="gs:// folder for the run's artifacts")
-    parser.add_argument("--service-account", default=None, help="service account the run's steps use")
+    parser.add_argument("--project", help="Google Cloud project (vertex; required there)")
+    parser.add_argument("--region", help="Vertex AI region (vertex; required there)")
+    parser.add_argument("--pipeline-root", help="gs:// folder for the run's artifacts (vertex: required; kfp: "
+                                                "optional, the cluster's default otherwise)")
+    parser.add_argument("--host", help="KFP API endpoint, e.g. http://localhost:8080 (kfp; required there)")
+    parser.add_argument("--experiment", default=None, help="KFP experiment (kfp; default: the pipeline's name)")
+    parser.add_argument("--namespace", default=None, help="Kubernetes namespace of a multi-user KFP (kfp)")
+    parser.add_argument("--service-account", default=None,
+                        help="service account the run's steps use (kfp: a Kubernetes service account)")
     parser.add_argument("--encryption-key", default=None,
                         help="CMEK: projects/P/locations/L/keyRings/R/cryptoKeys/K")
     parser.add_argument("--network", default=None, help="VPC to peer with: projects/NUMBER/global/networks/NAME")
@@ -73,14 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_template(path: Path) -> dict[str, Any]:
+def load_template(path: Path, target: str = "vertex") -> dict[str, Any]:
+    """The pipeline spec of a template compiled for ``target``: a KFP template carries a Kubernetes platform spec."""
     import yaml
 
     if not path.is_file():
         raise UserError(f"--template {str(path)!r} not found; compile it first with `python pipelines/compile.py`")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec, *platform = list(yaml.safe_load_all(path.read_text(encoding="utf-8"))) or [None]
     if not isinstance(spec, dict) or "root" not in spec or "pipelineInfo" not in spec:
         raise UserError(f"--template {str(path)!r} is not a compiled KFP pipeline spec")
+    compiled_for = "kfp" if any("kubernetes" in (doc or {}).get("platforms", {}) for doc in platform) else "vertex"
+    if compiled_for != target:
+        raise UserError(f"--template {str(path)!r} was compiled for {compiled_for}, not {target}: compile it with "
+                        f"`python pipelines/compile.py --target {target}`")
     return spec
 
 
@@ -148,27 +175,77 @@ def parse_params(items: list[str], declared: dict[str, str]) -> dict[str, Any]:
 RUN_SETTING_PARAMETERS = {"encryption_key": "encryption_key", "network": "network", "service_account": "service_account"}
 
 
-def submit(args: argparse.Namespace, *, credentials: Any = None) -> Any:
-    """Build the PipelineJob from the parsed flags, submit it, and return it.
+def check_target_flags(args: argparse.Namespace) -> None:
+    """Each target's required flags given, and none of the other target's."""
+    for flag in REQUIRED_FLAGS[args.target]:
+        if not getattr(args, flag):
+            raise UserError(f"--{flag.replace('_', '-')} is required with --target {args.target}")
+    for flag in VERTEX_ONLY_FLAGS if args.target == "kfp" else KFP_ONLY_FLAGS:
+        if getattr(args, flag):
+            other = "vertex" if args.target == "kfp" else "kfp"
+            raise UserError(f"--{flag.replace('_', '-')} is a --target {other} flag, not a {args.target} one")
 
-    ``credentials`` defaults to Application Default Credentials.
-    """
-    from google.cloud import aiplatform
 
-    from components.common.gcs import split_gcs_uri
-
-    spec = load_template(args.template)
-    split_gcs_uri(args.pipeline_root, "--pipeline-root")
+def run_parameters(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+    """The parameter values to send: ``--param``, ``--hf-token-secret``, and the run settings the template declares."""
     declared = declared_parameters(spec)
     parameter_values = parse_params(args.param, declared)
     for flag, parameter in RUN_SETTING_PARAMETERS.items():
         value = getattr(args, flag)
-        if value and parameter in declared and parameter not in parameter_values:
+        if value and args.target == "vertex" and parameter in declared and parameter not in parameter_values:
             parameter_values[parameter] = value
     if args.hf_token_secret:
         if HF_TOKEN_SECRET_PARAMETER not in declared:
             raise UserError(f"--hf-token-secret: the template declares no {HF_TOKEN_SECRET_PARAMETER} parameter")
         parameter_values[HF_TOKEN_SECRET_PARAMETER] = secret_version_name(args.hf_token_secret, "--hf-token-secret")
+    return parameter_values
+
+
+def submit(args: argparse.Namespace, *, credentials: Any = None) -> Any:
+    """Submit to the flags' target and return the PipelineJob (vertex) or the run (kfp).
+
+    ``credentials`` (vertex) defaults to Application Default Credentials.
+    """
+    check_target_flags(args)
+    spec = load_template(args.template, args.target)
+    parameter_values = run_parameters(args, spec)
+    if args.target == "kfp":
+        return submit_to_kfp(args, spec, parameter_values)
+    return submit_to_vertex(args, spec, parameter_values, credentials)
+
+
+def submit_to_kfp(args: argparse.Namespace, spec: dict[str, Any], parameter_values: dict[str, Any]) -> Any:
+    """``kfp.Client.create_run_from_pipeline_package``: the run (in experiment ``--experiment``) and its UI link."""
+    import kfp
+
+    pipeline_name = spec["pipelineInfo"]["name"]
+    client = kfp.Client(host=args.host)
+    run = client.create_run_from_pipeline_package(
+        str(args.template),
+        arguments=parameter_values,
+        run_name=args.display_name or f"{pipeline_name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}",
+        experiment_name=args.experiment or pipeline_name,
+        namespace=args.namespace,
+        pipeline_root=args.pipeline_root,
+        enable_caching=args.enable_caching,
+        service_account=args.service_account,
+    )
+    print(f"Submitted KFP run {run.run_id}")
+    print(f"Console: {args.host.rstrip('/')}/#/runs/details/{run.run_id}")
+    if args.wait:
+        finished = run.wait_for_run_completion()
+        print(f"Finished: {finished.state}")
+    return run
+
+
+def submit_to_vertex(args: argparse.Namespace, spec: dict[str, Any], parameter_values: dict[str, Any],
+                     credentials: Any) -> Any:
+    """An ``aiplatform.PipelineJob`` built from the flags, submitted."""
+    from google.cloud import aiplatform
+
+    from components.common.gcs import split_gcs_uri
+
+    split_gcs_uri(args.pipeline_root, "--pipeline-root")
     labels = parse_labels(args.labels)
     pipeline_name = spec["pipelineInfo"]["name"]
     job_id = args.job_id or f"{pipeline_name}-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"

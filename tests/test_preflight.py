@@ -80,3 +80,40 @@ def test_a_deploy_of_an_adapter_or_with_bad_settings_fails_before_training():
         check_run_parameters(**merged, **DEPLOYMENT, smoke_test_prompts=0)
     with pytest.raises(UserError, match=r"^smoke_test_min_format_rate must be between 0 and 1, got 1.5$"):
         check_run_parameters(**merged, **DEPLOYMENT, smoke_test_min_format_rate=1.5)
+
+
+KFP = {"target": "kfp", "kfp_volume_path": "/mnt/medgemma-grpo",
+       "kfp_gpu_types": {"train_accelerator_type": "nvidia-h100-80gb", "eval_accelerator_type": "nvidia-l4"}}
+GOOD_ON_KFP = {**GOOD, "train_accelerator_type": "nvidia-h100-80gb", "eval_accelerator_type": "nvidia-l4",
+               "registry_uri": "/mnt/medgemma-grpo/registry", **KFP}
+
+
+def test_on_kfp_node_labels_and_a_folder_on_the_volume_train_on_one_vm():
+    assert check_run_parameters(**GOOD_ON_KFP) == ONE_VM
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"train_nodes": 2}, "train_nodes: 2 training VMs need a Vertex AI custom job"),
+    ({"train_on_spot": True}, "train_on_spot: Spot training is a Vertex AI custom job"),
+    ({"encryption_key": "projects/p/locations/l/keyRings/r/cryptoKeys/k"}, "encryption_key: a setting of the Vertex"),
+    ({"network": "projects/1/global/networks/n"}, "network: a setting of the Vertex AI training custom job"),
+    ({"service_account": "runner@p.iam.gserviceaccount.com"}, "service_account: a setting of the Vertex"),
+    ({"tensorboard": "projects/p/locations/l/tensorboards/1"}, "tensorboard: a setting of the Vertex"),
+    ({"registry_uri": "vertex://"}, "registry_uri: the Vertex AI Model Registry is not used from self-hosted KFP"),
+    ({"registry_uri": "/tmp/registry"}, "registry_uri: '/tmp/registry' is not under /mnt/medgemma-grpo"),
+    ({"registry_uri": "/mnt/medgemma-grpo-other"}, "registry_uri: '/mnt/medgemma-grpo-other' is not under"),
+    ({"deploy_endpoint": "e"}, "deploy_endpoint: deploying goes to a Vertex AI endpoint"),
+    ({"eval_accelerator_type": "NVIDIA_L4"}, "eval_accelerator_type: this KFP pipeline was compiled to place the "
+                                            "task on nodes labelled 'nvidia-l4', got 'NVIDIA_L4'; recompile with "
+                                            "--eval-accelerator-type NVIDIA_L4"),
+    ({"target": "gke"}, "unknown target 'gke'"),
+])
+def test_on_kfp_what_only_vertex_has_is_refused_in_one_line(change, message):
+    with pytest.raises(UserError) as raised:
+        check_run_parameters(**{**GOOD_ON_KFP, **change})
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_vertex_keeps_its_accelerator_names():
+    with pytest.raises(UserError, match="unknown train_accelerator_type 'nvidia-h100-80gb'"):
+        check_run_parameters(**{**GOOD_ON_KFP, "target": "vertex"})

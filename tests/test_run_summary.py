@@ -116,7 +116,7 @@ def test_a_bad_parameter_stops_the_local_run_in_its_first_task_and_the_summary_s
     from pipelines.medgemma_grpo import build_pipeline
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=False)
-    build_pipeline(on_vertex=False)(recipe="tiny-cpu", train_accelerator_count=0, registry_uri=str(tmp_path / "reg"))
+    build_pipeline(target="local")(recipe="tiny-cpu", train_accelerator_count=0, registry_uri=str(tmp_path / "reg"))
     [run_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("medgemma-grpo-")]
     summary = json.loads((run_dir / "run-summary" / "summary" / "summary.json").read_text())
     assert summary["state"] == "FAILED" and summary["failed_task"] == "check-parameters"

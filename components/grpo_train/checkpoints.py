@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import signal
 from pathlib import Path
+
+from components.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +19,19 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 def checkpoint_step(path: Path) -> int | None:
     match = _CHECKPOINT_NAME.match(path.name)
     return int(match.group(1)) if match else None
+
+
+def run_checkpoint_dir(checkpoint_root: str, pipeline_run: str, *task_identity: str) -> str:
+    """``ROOT/RUN/DIGEST``: one folder per pipeline run and training task, the same for every retry of that task.
+
+    ``task_identity``: what the task trains (data path, model, recipe...); its digest tells apart several
+    training tasks of one run and never changes between retries.
+    """
+    run = re.sub(r"[^A-Za-z0-9_.-]+", "-", pipeline_run).strip("-.")
+    if not run:
+        raise UserError("pipeline_run must name the run when checkpoint_root is set (its checkpoints are kept per run)")
+    digest = hashlib.sha256("\0".join(task_identity).encode()).hexdigest()[:16]
+    return f"{checkpoint_root.rstrip('/')}/{run}/{digest}"
 
 
 def latest_complete_checkpoint(checkpoint_dir: Path) -> Path | None:

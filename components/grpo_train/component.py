@@ -13,28 +13,36 @@ def grpo_train_component(
     serving_mode: str = "merged",
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
+    checkpoint_root: str = "",
+    pipeline_run: str = "",
 ) -> str:
     """GRPO + LoRA training; returns ``tuned_model``'s URI. ``tuned_model`` holds ``adapter/`` (and ``merged/`` bf16 weights when
     ``serving_mode`` is ``merged``, the form the register step then uploads).
 
-    ``tuned_model`` is also where checkpoints live (on Vertex a /gcs/ path under the pipeline root), so a
-    restarted task resumes from the newest complete one. ``overrides``: recipe ``section.field=value``
-    strings. ``hf_token_secret``: a Secret Manager resource name, never a token.
+    Checkpoints live in ``tuned_model`` (on Vertex a /gcs/ path under the pipeline root) or, when
+    ``checkpoint_root`` is set, in ``checkpoint_root/<pipeline_run>/<digest of this task's inputs>`` (self-hosted
+    KFP: a mounted volume, since outputs are uploaded only when a task succeeds); either way a restarted task
+    resumes from the newest complete one. ``overrides``: recipe ``section.field=value`` strings.
+    ``hf_token_secret``: a Secret Manager resource name, never a token.
     """
     import logging
     import os
 
     from components.common.errors import exit_on_user_error
+    from components.grpo_train.checkpoints import run_checkpoint_dir
     from components.grpo_train.job import TrainingJob
     from components.grpo_train.launch import record_outcome, train_on_this_machine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with exit_on_user_error():
+        checkpoint_dir = run_checkpoint_dir(checkpoint_root, pipeline_run, prepared_data.path, model_id, recipe,
+                                            *overrides, serving_mode) if checkpoint_root else ""
         job = TrainingJob.build(
             recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
             merge=serving_mode == "merged", hf_token_secret=hf_token_secret,
             completion_sample_size=completion_sample_size,
             tensorboard_dir=os.environ.get("AIP_TENSORBOARD_LOG_DIR", ""),  # Vertex's, when the run has a TensorBoard
+            checkpoint_dir=checkpoint_dir,
         )
         # Every GPU the task was given: torchrun with one process per GPU when there are several.
         outcome = train_on_this_machine(job)
@@ -59,8 +67,8 @@ def grpo_train_multinode_component(
     completion_sample_size: int = 0,
     pipeline_run: str = "",
     service_account: str = "",
-    project: str = "{{$.pipeline_google_cloud_project_id}}",
-    location: str = "{{$.pipeline_google_cloud_location}}",
+    project: str = "",
+    location: str = "",
     api_endpoint: str = "",
     spot: bool = False,
     encryption_key: str = "",
@@ -77,8 +85,8 @@ def grpo_train_multinode_component(
     node as on several: a pipeline task itself cannot run on Spot, a custom job can. ``machine_type``: empty
     picks the VM that carries that many GPUs of that type. ``encryption_key`` (CMEK), ``network``,
     ``service_account`` and ``tensorboard`` (a TensorBoard instance's resource name; needs ``service_account``)
-    go to the custom job; empty leaves Vertex's default. ``project``/``location``: Vertex fills in the
-    pipeline's own.
+    go to the custom job; empty leaves Vertex's default. ``project``/``location``: the pipeline passes Vertex's
+    placeholders for its own.
     """
     import logging
 

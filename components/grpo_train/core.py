@@ -258,7 +258,7 @@ def train_grpo(job: TrainingJob) -> TrainingOutcome:
     check_train_args(spec)
     token = resolve_hf_token(job.hf_token_secret or None)
     data_dir, output_dir = Path(job.data_dir), Path(job.output_dir)
-    checkpoint_dir, adapter_dir = output_dir / "checkpoints", output_dir / "adapter"
+    checkpoint_dir, adapter_dir = job.checkpoints, output_dir / "adapter"
     output_dir.mkdir(parents=True, exist_ok=True)  # never wiped: it holds the checkpoints we resume from
 
     train_dataset = load_split(data_dir, "train")

@@ -49,6 +49,7 @@ class TrainingJob(BaseModel):
     recipe: Recipe = Field(description="the resolved recipe, overrides applied")
     data_dir: str = Field(description="data prep output (train.jsonl, validation.jsonl)")
     output_dir: str = Field(description="adapter/, merged/, checkpoints/ (resumed from)")
+    checkpoint_dir: str | None = Field(None, description="checkpoints (resumed from); None: OUTPUT_DIR/checkpoints")
     model_id: str = Field(description="base model id or path")
     merge: bool = Field(False, description="also write merged bf16 weights for serving")
     hf_token_secret: str = Field("", description="Secret Manager resource name of the Hugging Face token")
@@ -78,12 +79,14 @@ class TrainingJob(BaseModel):
         rollout: str = "auto",
         tensorboard_dir: str = "",
         show_progress: bool = True,
+        checkpoint_dir: str = "",
     ) -> TrainingJob:
         """The job for recipe ``recipe`` (a name or YAML path) with ``overrides`` applied.
 
         ``model``: the base model (default: the recipe's). ``tensorboard_dir``: where TensorBoard events go when
         the recipe's ``train.report_to`` names tensorboard (default: ``OUTPUT_DIR/tensorboard``; ``gs://``: through
-        its ``/gcs/`` FUSE path).
+        its ``/gcs/`` FUSE path). ``checkpoint_dir``: where checkpoints go and are resumed from (default:
+        ``OUTPUT_DIR/checkpoints``), e.g. a volume that outlives a retried task where outputs do not.
         """
         spec = load_recipe(recipe, overrides)
         if hf_token_secret:
@@ -94,11 +97,15 @@ class TrainingJob(BaseModel):
             return cls(
                 recipe=spec, data_dir=str(data_dir), output_dir=str(output_dir), model_id=model or spec.model.model_id,
                 merge=merge, hf_token_secret=hf_token_secret, completion_sample_size=completion_sample_size,
-                rollout=rollout, show_progress=show_progress,
+                rollout=rollout, show_progress=show_progress, checkpoint_dir=checkpoint_dir or None,
                 tensorboard_dir=as_local_path(tensorboard_dir or f"{output_dir}/tensorboard") if wants_tensorboard else None,
             )
         except ValidationError as err:
             raise _one_line(err, "training job") from None
+
+    @property
+    def checkpoints(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(self.output_dir) / "checkpoints"
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=1)

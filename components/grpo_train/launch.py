@@ -137,7 +137,7 @@ def job_of_this_rank(job: TrainingJob) -> Iterator[TrainingJob]:
     if process_rank() == 0:
         yield job
         return
-    shared_checkpoints = Path(job.output_dir) / "checkpoints"
+    shared_checkpoints = job.checkpoints
     shared_checkpoints.mkdir(parents=True, exist_ok=True)  # a link to a missing folder breaks makedirs
     scratch = Path(tempfile.mkdtemp(prefix=f"grpo-rank{process_rank()}-"))
     (scratch / "checkpoints").symlink_to(shared_checkpoints.resolve(), target_is_directory=True)

@@ -30,9 +30,15 @@ def check_parameters_component(
     deploy_traffic_percentage: int = 100,
     smoke_test_prompts: int = 20,
     smoke_test_min_format_rate: float = 0.9,
+    target: str = "vertex",
+    kfp_gpu_types: dict = {},  # noqa: B006 (KFP needs a literal default)
+    kfp_volume_path: str = "",
 ) -> str:
     """Fail on the first pipeline parameter that cannot work, naming it; return where training runs
-    (``one-vm`` or ``custom-job``). A single string output, so that the pipeline can branch on it."""
+    (``one-vm`` or ``custom-job``). A single string output, so that the pipeline can branch on it.
+
+    ``target`` (vertex, kfp, local) and the ``kfp_*`` settings are compile-time constants (pipelines/targets.py):
+    on kfp, what only Vertex has is refused, and the GPU types must be those compiled into the node selectors."""
     from components.common.errors import exit_on_user_error
     from components.preflight.core import check_run_parameters
 
@@ -49,5 +55,6 @@ def check_parameters_component(
             deploy_accelerator_type=deploy_accelerator_type, deploy_accelerator_count=deploy_accelerator_count,
             deploy_min_replicas=deploy_min_replicas, deploy_max_replicas=deploy_max_replicas,
             deploy_traffic_percentage=deploy_traffic_percentage, smoke_test_prompts=smoke_test_prompts,
-            smoke_test_min_format_rate=smoke_test_min_format_rate,
+            smoke_test_min_format_rate=smoke_test_min_format_rate, target=target,
+            kfp_gpu_types=dict(kfp_gpu_types), kfp_volume_path=kfp_volume_path,
         )
