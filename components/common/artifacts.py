@@ -161,12 +161,12 @@ class SmokeTestNumbers(_Strict):
     latency_p95_s: float | None = Field(default=None, ge=0)
 
 
-class RunSummary(_Document):
-    """How a pipeline run ended, written by its exit task (run_summary); a value no step recorded is None."""
+class ModelSummary(_Strict):
+    """One model of a run in its summary; a value no step recorded is None."""
 
-    state: str
-    failed_task: str | None = None
-    error: str | None = None
+    name: str
+    base_model: str | None = None
+    recipe: str | None = None
     data_fingerprint: str | None = None
     baseline_accuracy: float | None = Field(default=None, ge=0, le=1)
     baseline_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)  # [low, high]
@@ -184,6 +184,15 @@ class RunSummary(_Document):
     registered_at: str | None = None  # the version's resource name (Vertex) or folder (file registry)
     registered_version: str | None = None
     registered_aliases: list[str] | None = None
+
+
+class RunSummary(_Document):
+    """How a pipeline run ended, written by its exit task (run_summary): a block per model of the run."""
+
+    state: str
+    failed_task: str | None = None
+    error: str | None = None
+    models: list[ModelSummary] = Field(default_factory=list)  # empty: the run ended before any model's numbers
     deployed_to: str | None = None  # the endpoint's resource name (Vertex) or folder; None: not deployed
     smoke_test: SmokeTestNumbers | None = None
 
