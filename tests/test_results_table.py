@@ -277,7 +277,9 @@ def test_kfp_wrappers_write_their_artifacts(tmp_path):
     assert rows[1].metadata["registered"] == "" and rows[1].metadata["baseline_accuracy"] == 0.25
     table, page, document = (FakeArtifact(tmp_path / "art" / name) for name in ("md", "html", "json"))
     results_table_component(model_results=rows, table=table, table_html=page, table_json=document)
-    assert document.metadata["models"] == ["a", "b"]
+    # The rows the run summary reads (an exit task takes no inputs): ModelSummary's fields.
+    assert [row["name"] for row in document.metadata["models"]] == ["a", "b"]
+    assert document.metadata["models"][0]["delta"] == pytest.approx(0.5) and document.metadata["models"][1]["registered"] is False
     assert STRICT_IN_MARKDOWN in Path(table.path).read_text()
     assert "<td>b</td>" in Path(page.path).read_text()
     assert [m["name"] for m in json.loads(Path(document.path).read_text())["models"]] == ["a", "b"]

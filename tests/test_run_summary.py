@@ -220,7 +220,7 @@ def test_a_failure_in_the_second_model_is_named(tmp_path):
 def test_the_results_tables_numbers_are_used_when_it_ran(tmp_path):
     """On Vertex several models' steps share task names: the results table's task has each model's numbers."""
     table_row = {"name": "gemma-3-4b", "base_model": "google/gemma-3-4b-it", "recipe": "gemma-3-4b",
-                 "baseline_accuracy": 0.479, "tuned_accuracy": 0.535, "registered": False}
+                 "baseline_accuracy": 0.479, "tuned_accuracy": 0.535, "n": 1273.0, "registered": False}
     tasks = RunTasks({"results-table": TaskResult("SUCCEEDED", {"table_json": {"models": [table_row]}})}, [],
                      {"compare": TaskResult("SUCCEEDED")})
     summary = build_summary("SUCCEEDED", tasks)

@@ -185,6 +185,23 @@ class ModelSummary(_Strict):
     registered_version: str | None = None
     registered_aliases: list[str] | None = None
 
+    @classmethod
+    def from_result(cls, result: ModelResult) -> ModelSummary:
+        """A row of the results table as the run summary shows it (the table has no fingerprint or aliases)."""
+        return cls(
+            name=result.name, base_model=result.base_model, recipe=result.recipe,
+            baseline_accuracy=result.baseline.strict.accuracy,
+            baseline_ci=[result.baseline.strict.ci_low, result.baseline.strict.ci_high],
+            tuned_accuracy=result.tuned.strict.accuracy,
+            tuned_ci=[result.tuned.strict.ci_low, result.tuned.strict.ci_high],
+            baseline_notebook_accuracy=result.baseline.notebook.accuracy,
+            tuned_notebook_accuracy=result.tuned.notebook.accuracy,
+            delta=result.delta, delta_ci=[result.delta_ci_low, result.delta_ci_high], test=result.test,
+            p_value=result.p_value, n=result.n, passes_gate=result.passes_gate,
+            registered=result.registered is not None, registered_at=result.registered,
+            registered_version=result.registered_version,
+        )
+
 
 class RunSummary(_Document):
     """How a pipeline run ended, written by its exit task (run_summary): a block per model of the run."""

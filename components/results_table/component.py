@@ -50,6 +50,7 @@ def results_table_component(
     import tempfile
     from pathlib import Path
 
+    from components.common.artifacts import ModelSummary
     from components.common.errors import exit_on_user_error
     from components.results_table.core import TABLE_HTML, TABLE_JSON, TABLE_MARKDOWN, write_results_table
 
@@ -60,4 +61,5 @@ def results_table_component(
                                (TABLE_JSON, table_json.path)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(workdir) / source, target)
-    table_json.metadata["models"] = [model.name for model in result.models]
+    # The run summary (the exit task, which may take no inputs) reads each model's row from here.
+    table_json.metadata["models"] = [ModelSummary.from_result(model).model_dump(mode="json") for model in result.models]

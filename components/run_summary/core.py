@@ -6,7 +6,8 @@ deployed, the endpoint and the smoke test's numbers.
 The pipeline's exit task builds it; it cannot take the steps' outputs as inputs (KFP forbids an exit task
 any dependency), so it reads what each step recorded as its artifacts' metadata: on Vertex from the
 PipelineJob's task details, under kfp.local from the run folder (``<run>/<task>/executor_output.json``). The
-per-model numbers come from the results table's task when it ran, else from each model's steps.
+per-model numbers come from each model's steps; where those cannot be told apart (several models on Vertex),
+from the results table's task.
 """
 
 from __future__ import annotations
@@ -189,11 +190,11 @@ def _model_summary(branch: dict[str, TaskResult], index: int) -> ModelSummary:
 def build_summary(state: str, tasks: RunTasks, error_message: str | None = None) -> RunSummary:
     """The summary from what the tasks recorded; a value a step did not get to record is None."""
     table = tasks.run.get(TABLE_STEP)
-    table_models = table.artifacts.get("table_json", {}).get("models") if table and table.state == SUCCEEDED else None
-    if table_models:
-        models = [ModelSummary.model_validate(row) for row in table_models]
-    else:
+    if tasks.branches or table is None or table.state != SUCCEEDED:
         models = [_model_summary(branch, index) for index, branch in enumerate(tasks.branches)]
+    else:  # several models' steps on Vertex: the results table's rows
+        models = [ModelSummary.model_validate({**row, "n": int(row["n"])})  # Vertex hands numbers back as floats
+                  for row in table.artifacts.get("table_json", {}).get("models", [])]
     deployment, smoke = {}, {}
     for branch in tasks.branches:
         if "deploy" in branch:
