@@ -1,5 +1,6 @@
-"""The ``medgemma-grpo`` pipeline: check -> prepare -> baseline eval -> GRPO -> tuned eval -> compare -> register
-[-> deploy -> smoke test], with a run summary at the end, however the run ends.
+"""The ``medgemma-grpo`` pipeline: check -> plan models -> for each model (in parallel): prepare -> baseline eval
+-> GRPO -> tuned eval -> compare -> register [-> deploy -> smoke test] -> results table, with a run summary at
+the end, however the run ends.
 
 Images and the target (Vertex AI, self-hosted KFP or kfp.local: pipelines/targets.py) are bound when the pipeline is
 built (``build_pipeline``), from compile-time flags: nothing here reads the environment.
@@ -16,8 +17,9 @@ from components.data_prep.component import prepare_medqa_component
 from components.deploy.component import deploy_model_component, smoke_test_component
 from components.evaluate.component import evaluate_model_component
 from components.grpo_train.component import grpo_train_component, grpo_train_multinode_component, tuned_model_from_uri
-from components.preflight.component import check_parameters_component
-from components.register.component import register_model
+from components.preflight.component import check_parameters_component, model_entry_component, plan_models_component
+from components.register.component import not_registered, register_model
+from components.results_table.component import model_result_component, results_table_component
 from components.run_summary.component import run_summary_component
 from pipelines import targets
 
@@ -52,6 +54,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
         return component
 
     check = step("check-parameters", images.base, check_parameters_component)
+    plan = step("plan-models", images.base, plan_models_component)
+    model_entry = step("model-entry", images.base, model_entry_component)
     prepare = step("prepare-data", images.base, prepare_medqa_component)
     baseline_eval = step("baseline-eval", images.trainer, evaluate_model_component)
     train = step("train", images.trainer, grpo_train_component)
@@ -60,8 +64,11 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
     tuned_eval = step("tuned-eval", images.trainer, evaluate_model_component)
     compare = step("compare", images.base, compare_evaluations_component)
     register = step("register", images.base, register_model)
+    skip_registration = step("not-registered", images.base, not_registered)
     deploy = step("deploy", images.base, deploy_model_component)
     smoke_test = step("smoke-test", images.base, smoke_test_component)
+    model_result = step("model-result", images.base, model_result_component)
+    results_table = step("results-table", images.base, results_table_component)
     run_summary = step("run-summary", images.base, run_summary_component)
 
     on_gpus, with_token, with_volume = target_settings.gpu, target_settings.secrets, target_settings.volume
@@ -72,6 +79,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
         data_source: str = "openlifescienceai/medqa",
         recipe: str = "medgemma-4b",
         recipe_settings: list = [],  # noqa: B006 (KFP needs a literal default)
+        models: list = [],  # noqa: B006
         train_accelerator_type: str = "NVIDIA_TESLA_A100",
         train_accelerator_count: int = 1,
         train_nodes: int = 1,
@@ -110,6 +118,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
             data_source: MedQA as a Hugging Face dataset id, a gs:// prefix or a folder of train/dev/test files.
             recipe: Training and evaluation settings by name (components/recipes/), e.g. medgemma-4b-h100.
             recipe_settings: Changes to the recipe, as "section.field=value" strings, e.g. ["train.max_steps=200"].
+            models: Several models to tune side by side, each {"name", "base_model", "recipe"[, "recipe_settings"][, "model_display_name"]}; empty: the one model above (README: several models).
             train_accelerator_type: GPU type for training: on Vertex e.g. NVIDIA_TESLA_A100, on KFP the GPU nodes' label value.
             train_accelerator_count: GPUs per training VM (at least 1).
             train_nodes: Training VMs; more than 1 runs training as a Vertex custom job.
@@ -123,14 +132,14 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
             gate_margin: Accuracy gain the tuned model needs over the baseline to be registered, and over the champion to replace it (0.02 = 2 points).
             gate_alpha: Significance the gain needs (p-value of the paired test below this).
             registry_uri: Where to register: vertex:// (this run's project and region), vertex://projects/P/locations/L, or a folder (KFP: on its volume).
-            model_display_name: Registered model name; each run that passes the gate adds a version.
+            model_display_name: Registered model name; each run that passes the gate adds a version (with several models: <name>-<model's name>).
             registered_weights: What to register: merged (full weights, what the deploy step serves) or adapter (LoRA; not deployable: docs/vertex.md).
             hf_token_secret: Secret Manager name of the Hugging Face token (projects/P/secrets/S), never the token.
             encryption_key: Cloud KMS key (CMEK) for the training custom job and the registered model; empty: Google-managed.
             network: VPC for the training custom job (projects/NUMBER/global/networks/NAME); empty: none.
             service_account: Service account of the training custom job; empty: Vertex's Custom Code Service Agent.
             tensorboard: Vertex TensorBoard for the training custom job (projects/P/locations/L/tensorboards/ID; needs service_account); empty: none.
-            deploy_endpoint: Endpoint to deploy the registered version to (created when missing); empty: no deploy.
+            deploy_endpoint: Endpoint to deploy the registered version to (created when missing; with several models, one per model: <endpoint>-<model's name>); empty: no deploy.
             deploy_machine_type: Machine type of the endpoint's replicas, e.g. g2-standard-12.
             deploy_accelerator_type: GPU type of the endpoint's replicas, e.g. NVIDIA_L4; empty: none.
             deploy_accelerator_count: GPUs per replica (0 with no GPU type).
@@ -158,55 +167,69 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                             deploy_traffic_percentage=deploy_traffic_percentage,
                             smoke_test_prompts=smoke_test_prompts,
                             smoke_test_min_format_rate=smoke_test_min_format_rate, **target_settings.check_inputs())
-            data = with_token(prepare(source=data_source, recipe=recipe, recipe_settings=recipe_settings,
-                                      model_id=base_model, hf_token_secret=hf_token_secret).after(checked))
-            prepared = data.outputs["prepared_data"]
-            baseline = on_gpus(with_token(baseline_eval(test_data=prepared, model_id=base_model, recipe=recipe,
-                                                        overrides=recipe_settings, limit=eval_question_limit,
-                                                        hf_token_secret=hf_token_secret)),
-                               eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
-            with dsl.If(checked.output == "one-vm", name="train-on-one-vm"):  # all its GPUs, data parallel when several
-                one_vm = train(prepared_data=prepared, recipe=recipe, model_id=base_model, overrides=recipe_settings,
-                               serving_mode=registered_weights, hf_token_secret=hf_token_secret,
-                               checkpoint_root=target_settings.checkpoint_root,
-                               pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-                on_gpus(with_volume(with_token(one_vm)), train_accelerator_type, train_accelerator_count, gpu_task_cpus,
-                        gpu_task_memory).set_retry(5)
-            with dsl.Else(name="train-as-custom-job"):  # train_nodes VMs, Spot or not
-                custom_job = train_custom_job(
-                    prepared_data=prepared, trainer_image=images.trainer, nodes=train_nodes,
-                    accelerator_type=train_accelerator_type, accelerator_count=train_accelerator_count,
-                    machine_type=train_machine_type, spot=train_on_spot, recipe=recipe, model_id=base_model,
-                    overrides=recipe_settings, serving_mode=registered_weights, hf_token_secret=hf_token_secret,
-                    encryption_key=encryption_key, network=network, service_account=service_account,
-                    tensorboard=tensorboard, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                    project=target_settings.run_project, location=target_settings.run_location).set_retry(5)
-            # The branch that ran hands on its model by URI (kfp.local joins branches on parameters, not artifacts).
-            tuned_model = tuned_model_of(model_uri=dsl.OneOf(one_vm.outputs["Output"],
-                                                             custom_job.outputs["Output"])).outputs["tuned_model"]
-            tuned = on_gpus(with_token(tuned_eval(test_data=prepared, model_id=base_model, adapter=tuned_model,
-                                                  recipe=recipe, overrides=recipe_settings, limit=eval_question_limit,
-                                                  hf_token_secret=hf_token_secret)),
-                            eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
-            gate = compare(baseline_evaluation=baseline.outputs["evaluation"],
-                           tuned_evaluation=tuned.outputs["evaluation"], margin=gate_margin, alpha=gate_alpha)
-            with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
-                registered = with_volume(register(
-                    model=tuned_model, comparison=gate.outputs["comparison"],
-                    tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
-                    model_name=model_display_name, recipe=recipe, overrides=recipe_settings, base_model=base_model,
-                    data_fingerprint=data.outputs["Output"], pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                    serving_mode=registered_weights, encryption_key=encryption_key,
-                    run_project=target_settings.run_project, run_location=target_settings.run_location))
-                with dsl.If(deploy_endpoint != "", name="deploy-and-smoke-test"):
-                    deployed = deploy(registered_model=registered.outputs["registered_model"],
-                                      endpoint_name=deploy_endpoint, machine_type=deploy_machine_type,
-                                      accelerator_type=deploy_accelerator_type,
-                                      accelerator_count=deploy_accelerator_count,
-                                      min_replica_count=deploy_min_replicas, max_replica_count=deploy_max_replicas,
-                                      traffic_percentage=deploy_traffic_percentage)
-                    smoke_test(deployment=deployed.outputs["deployment"], test_data=prepared, recipe=recipe,
-                               overrides=recipe_settings, prompts=smoke_test_prompts,
-                               min_format_rate=smoke_test_min_format_rate, undeploy_after=undeploy_after_smoke_test)
+            planned = plan(models=models, base_model=base_model, recipe=recipe, recipe_settings=recipe_settings,
+                           model_display_name=model_display_name, deploy_endpoint=deploy_endpoint).after(checked)
+            with dsl.ParallelFor(planned.output, name="each-model") as planned_model:
+                entry = model_entry(model=planned_model).outputs
+                model_id, model_recipe, settings = entry["base_model"], entry["recipe"], entry["recipe_settings"]
+                data = with_token(prepare(source=data_source, recipe=model_recipe, recipe_settings=settings,
+                                          model_id=model_id, hf_token_secret=hf_token_secret))
+                prepared = data.outputs["prepared_data"]
+                baseline = on_gpus(with_token(baseline_eval(test_data=prepared, model_id=model_id, recipe=model_recipe,
+                                                            overrides=settings, limit=eval_question_limit,
+                                                            hf_token_secret=hf_token_secret)),
+                                   eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
+                with dsl.If(checked.output == "one-vm", name="train-on-one-vm"):  # its GPUs, data parallel when several
+                    one_vm = train(prepared_data=prepared, recipe=model_recipe, model_id=model_id, overrides=settings,
+                                   serving_mode=registered_weights, hf_token_secret=hf_token_secret,
+                                   checkpoint_root=target_settings.checkpoint_root,
+                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                    on_gpus(with_volume(with_token(one_vm)), train_accelerator_type, train_accelerator_count,
+                            gpu_task_cpus, gpu_task_memory).set_retry(5)
+                with dsl.Else(name="train-as-custom-job"):  # train_nodes VMs, Spot or not
+                    custom_job = train_custom_job(
+                        prepared_data=prepared, trainer_image=images.trainer, nodes=train_nodes,
+                        accelerator_type=train_accelerator_type, accelerator_count=train_accelerator_count,
+                        machine_type=train_machine_type, spot=train_on_spot, recipe=model_recipe, model_id=model_id,
+                        overrides=settings, serving_mode=registered_weights, hf_token_secret=hf_token_secret,
+                        encryption_key=encryption_key, network=network, service_account=service_account,
+                        tensorboard=tensorboard, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                        project=target_settings.run_project, location=target_settings.run_location).set_retry(5)
+                # The branch that ran hands on its model by URI (kfp.local joins branches on parameters, not artifacts).
+                tuned_model = tuned_model_of(model_uri=dsl.OneOf(one_vm.outputs["Output"],
+                                                                 custom_job.outputs["Output"])).outputs["tuned_model"]
+                tuned = on_gpus(with_token(tuned_eval(test_data=prepared, model_id=model_id, adapter=tuned_model,
+                                                      recipe=model_recipe, overrides=settings,
+                                                      limit=eval_question_limit, hf_token_secret=hf_token_secret)),
+                                eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
+                gate = compare(baseline_evaluation=baseline.outputs["evaluation"],
+                               tuned_evaluation=tuned.outputs["evaluation"], margin=gate_margin, alpha=gate_alpha)
+                with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+                    registered = with_volume(register(
+                        model=tuned_model, comparison=gate.outputs["comparison"],
+                        tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
+                        model_name=entry["model_display_name"], recipe=model_recipe, overrides=settings,
+                        base_model=model_id, data_fingerprint=data.outputs["Output"],
+                        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serving_mode=registered_weights,
+                        encryption_key=encryption_key, run_project=target_settings.run_project,
+                        run_location=target_settings.run_location))
+                    with dsl.If(deploy_endpoint != "", name="deploy-and-smoke-test"):
+                        deployed = deploy(registered_model=registered.outputs["registered_model"],
+                                          endpoint_name=entry["endpoint_name"], machine_type=deploy_machine_type,
+                                          accelerator_type=deploy_accelerator_type,
+                                          accelerator_count=deploy_accelerator_count,
+                                          min_replica_count=deploy_min_replicas, max_replica_count=deploy_max_replicas,
+                                          traffic_percentage=deploy_traffic_percentage)
+                        smoke_test(deployment=deployed.outputs["deployment"], test_data=prepared, recipe=model_recipe,
+                                   overrides=settings, prompts=smoke_test_prompts,
+                                   min_format_rate=smoke_test_min_format_rate, undeploy_after=undeploy_after_smoke_test)
+                with dsl.Else(name="gate-failed"):
+                    unregistered = skip_registration()
+                result = model_result(name=entry["name"], base_model=model_id, recipe=model_recipe,
+                                      baseline_evaluation=baseline.outputs["evaluation"],
+                                      tuned_evaluation=tuned.outputs["evaluation"],
+                                      comparison=gate.outputs["comparison"],
+                                      registered=dsl.OneOf(registered.outputs["Output"], unregistered.output))
+            results_table(model_results=dsl.Collected(result.outputs["model_result"]))
 
     return medgemma_grpo

@@ -1,10 +1,11 @@
 """python pipelines/run_local.py [--summary-json PATH] [--no-deploy]: run the whole pipeline on this machine's CPU.
 
 The same pipeline Vertex runs, through kfp.local (SubprocessRunner, this Python environment), with the tiny
-offline Gemma 3 model, the bundled synthetic demo data and the ``tiny-cpu`` recipe. Registration goes to a
-file registry under the pipeline root; the registered model is deployed to a folder endpoint next to it and
-smoke-tested through a real local server (``transformers serve``) unless ``--no-deploy``. Prints the run summary
-the pipeline's exit task wrote (the same one a Vertex run logs); ``--summary-json`` writes it as JSON.
+offline Gemma 3 model and the bundled synthetic demo data, for two models side by side (``LOCAL_MODELS``: the
+``tiny-cpu`` recipe and ``tiny-cpu-rank4``, a smaller LoRA). Registration goes to a file registry under the
+pipeline root; each registered model is deployed to a folder endpoint next to it and smoke-tested through a
+real local server (``transformers serve``) unless ``--no-deploy``. Prints the results table and the run summary
+the pipeline wrote (the same ones a Vertex run shows); ``--summary-json`` writes the summary as JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from components.common.errors import UserError, cli_main
 log = logging.getLogger("run_local")
 DEFAULT_WORKDIR = "local_outputs"
 LOCAL_ENDPOINT = "medgemma-grpo-demo-endpoint"
+LOCAL_RECIPES = ("tiny-cpu", "tiny-cpu-rank4")
 
 
 def tiny_model_dir(workdir: Path) -> Path:
@@ -97,9 +99,8 @@ def run_local(workdir: str | Path = DEFAULT_WORKDIR, *, gate_alpha: float = 0.01
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
     before = set(pipeline_root.iterdir())
     build_pipeline(DEFAULT_IMAGES, target="local")(
-        base_model=str(model_dir),
+        models=[{"name": recipe, "base_model": str(model_dir), "recipe": recipe} for recipe in LOCAL_RECIPES],
         data_source=str(bundled_demo_dir()),
-        recipe="tiny-cpu",
         registry_uri=str(pipeline_root / "registry"),
         model_display_name="medgemma-grpo-demo",
         gate_alpha=gate_alpha,

@@ -49,7 +49,8 @@ def write_lines(path: Path, rows: list) -> Path:
 
 def metrics(**changes) -> dict:
     document = {"schema_version": 1, "model": "base", "n": 3, "samples": 3, "accuracy": 0.5, "ci_low": 0.1,
-                "ci_high": 0.9, "notebook_accuracy": 0.5, "notebook_ci_low": 0.1, "notebook_ci_high": 0.9}
+                "ci_high": 0.9, "notebook_accuracy": 0.5, "notebook_ci_low": 0.1, "notebook_ci_high": 0.9,
+                "format_rate": 1.0}
     document.update(changes)
     return {k: v for k, v in document.items() if v is not ...}
 

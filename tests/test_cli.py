@@ -8,7 +8,7 @@ import sys
 import pytest
 
 STEPS = ["data_prep", "grpo_train", "evaluate", "compare", "register", "deploy", "tiny_model", "demo_data",
-         "preflight", "run_summary"]
+         "preflight", "run_summary", "results_table"]
 
 
 @pytest.mark.parametrize("step", STEPS)

@@ -25,7 +25,7 @@ def _write_eval(folder: Path, correct_by_id: dict[str, bool], model: str = "goog
     write_json(folder / "metrics.json", {"schema_version": 1, "model": model, "n": len(rows), "samples": len(rows),
                                          "accuracy": accuracy, "ci_low": 0.0, "ci_high": 1.0,
                                          "notebook_accuracy": sum(notebook.values()) / len(rows),
-                                         "notebook_ci_low": 0.0, "notebook_ci_high": 1.0})
+                                         "notebook_ci_low": 0.0, "notebook_ci_high": 1.0, "format_rate": 1.0})
     return folder
 
 

@@ -412,8 +412,8 @@ def _run_as_base_image(tmp_path: Path, module: str, *args: str) -> dict[str, lis
 
 def test_base_image_steps_run_without_torch_and_import_only_locked_packages(tmp_path):
     """data prep (real demo rows, the tiny model's processor for token counts) -> compare -> register (file
-    registry), each as its CLI, with torch/TRL/PEFT/accelerate unimportable as in the base image; every
-    installed distribution they import must be in the base lock."""
+    registry) -> results table, each as its CLI, with torch/TRL/PEFT/accelerate unimportable as in the base
+    image; every installed distribution they import must be in the base lock."""
     import json
 
     tiny = tmp_path / "tiny-model"
@@ -441,7 +441,8 @@ def test_base_image_steps_run_without_torch_and_import_only_locked_packages(tmp_
         (folder / "metrics.json").write_text(json.dumps({"schema_version": 1, "n": len(rows), "samples": len(rows),
                                                          "accuracy": accuracy, "ci_low": 0.0, "ci_high": 1.0,
                                                          "notebook_accuracy": accuracy, "notebook_ci_low": 0.0,
-                                                         "notebook_ci_high": 1.0, "model": name}))
+                                                         "notebook_ci_high": 1.0, "format_rate": 1.0,
+                                                         "model": name}))
     imported |= _run_as_base_image(tmp_path, "components.compare", "--baseline", str(tmp_path / "baseline"),
                                    "--tuned", str(tmp_path / "tuned"), "--output-dir", str(tmp_path / "compare"),
                                    "--margin", "0.0", "--alpha", "0.05")
@@ -453,6 +454,13 @@ def test_base_image_steps_run_without_torch_and_import_only_locked_packages(tmp_
                                    "--serving-mode", "merged", "--passed-gate",
                                    "--predictions", str(tmp_path / "tuned"))
     assert any((tmp_path / "registry").rglob("*")), "register wrote nothing to the file registry"
+    imported |= _run_as_base_image(tmp_path, "components.results_table", "model-result", "--name", "tiny",
+                                   "--base-model", str(tiny), "--recipe", "tiny-cpu", "--baseline",
+                                   str(tmp_path / "baseline"), "--tuned", str(tmp_path / "tuned"), "--comparison",
+                                   str(tmp_path / "compare"), "--output", str(tmp_path / "row" / "model_result.json"))
+    imported |= _run_as_base_image(tmp_path, "components.results_table", "table", str(tmp_path / "row"),
+                                   "--output-dir", str(tmp_path / "table"))
+    assert (tmp_path / "table" / "table.html").is_file()
 
     pins = lock.read_lock(lock.lock_path("base"))
     ours = {canonicalize_name("medgemma-grpo")}

@@ -9,8 +9,9 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 BASE, TRAINER = "registry.example/p/base@sha256:" + "a" * 64, "registry.example/p/trainer@sha256:" + "b" * 64
-STEPS = ("check-parameters", "prepare-data", "baseline-eval", "train", "train-custom-job", "tuned-model",
-         "tuned-eval", "compare", "register", "run-summary")
+STEPS = ("check-parameters", "plan-models", "model-entry", "prepare-data", "baseline-eval", "train",
+         "train-custom-job", "tuned-model", "tuned-eval", "compare", "register", "not-registered", "model-result",
+         "results-table", "run-summary")
 # What Vertex AI Pipelines substitutes for its placeholders in a run of project console-project in europe-west4.
 VERTEX_PLACEHOLDERS = {"{{$.pipeline_google_cloud_project_id}}": "console-project",
                        "{{$.pipeline_google_cloud_location}}": "europe-west4",
@@ -94,12 +95,48 @@ def console_inputs(compiled: dict, task_name: str) -> dict:
 def test_steps_are_named_for_the_console_and_wired_in_order(spec):
     steps = tasks_by_name(spec)
     assert set(STEPS) <= set(steps)
-    body = spec.components[steps["check-parameters"][0]].dag.tasks
-    assert body["prepare-data"].dependent_tasks == ["check-parameters"]
-    assert set(body["baseline-eval"].dependent_tasks) == {"prepare-data"}
-    assert set(body["compare"].dependent_tasks) == {"baseline-eval", "tuned-eval"}
-    assert "tuned-model" in body["tuned-eval"].dependent_tasks
+    run = spec.components[steps["check-parameters"][0]].dag.tasks
+    assert list(run["plan-models"].dependent_tasks) == ["check-parameters"]
+    branch = spec.components[steps["prepare-data"][0]].dag.tasks  # one model's branch of the fan-out
+    assert list(branch["prepare-data"].dependent_tasks) == ["model-entry"]
+    assert set(branch["baseline-eval"].dependent_tasks) == {"model-entry", "prepare-data"}
+    assert set(branch["compare"].dependent_tasks) == {"baseline-eval", "tuned-eval"}
+    assert "tuned-model" in branch["tuned-eval"].dependent_tasks
     assert spec.pipeline_info.name == "medgemma-grpo"
+
+
+def test_the_pipeline_fans_out_over_the_planned_models_and_collects_one_row_each(spec):
+    steps = tasks_by_name(spec)
+    run = spec.components[steps["check-parameters"][0]].dag.tasks
+    [loop] = [task for task in run.values() if task.HasField("parameter_iterator")]
+    assert loop.parameter_iterator.items.input_parameter == "pipelinechannel--plan-models-Output"
+    assert loop.component_ref.name == steps["model-result"][0]  # every model's row comes out of the loop
+    table = run["results-table"]
+    assert list(table.dependent_tasks) == [next(name for name, task in run.items() if task == loop)]
+    collected = table.inputs.artifacts["model_results"].task_output_artifact
+    assert collected.output_artifact_key == "pipelinechannel--model-result-model_result"
+    loop_outputs = spec.components[loop.component_ref.name].output_definitions.artifacts
+    assert loop_outputs["pipelinechannel--model-result-model_result"].is_artifact_list
+
+
+def test_every_model_reaches_the_table_registered_or_not(spec):
+    """The gate's two branches join (dsl.OneOf): register's resource name, or not-registered's empty one."""
+    steps = tasks_by_name(spec)
+    branch = spec.components[steps["model-result"][0]].dag.tasks
+    registered = branch["model-result"].inputs.parameters["registered"].task_output_parameter
+    joined = spec.components[branch[registered.producer_task].component_ref.name]
+    assert joined.dag.outputs.parameters[registered.output_parameter_key].HasField("value_from_oneof")
+    assert {steps["register"][0], steps["not-registered"][0]} <= {
+        task.component_ref.name for task in joined.dag.tasks.values()}
+
+
+def test_console_defaults_plan_the_one_default_model(compiled):
+    from components.preflight.models import plan_models
+
+    inputs = console_inputs(compiled, "plan-models")
+    [model] = plan_models(**inputs)
+    assert model["base_model"] == "google/medgemma-4b-it" and model["recipe"] == "medgemma-4b"
+    assert model["model_display_name"] == "medgemma-grpo" and model["endpoint_name"] == ""
 
 
 def test_every_parameter_has_a_description_and_a_default(spec):
@@ -152,7 +189,10 @@ def test_register_runs_only_when_the_gate_passes(spec):
     gates = [task for _, task in tasks_by_name(spec).values() if task.component_ref.name == owner]
     assert len(gates) == 1
     assert gates[0].trigger_policy.condition == "inputs.parameter_values['pipelinechannel--compare-Output'] == true"
-    assert "compare" in gates[0].dependent_tasks
+    [branches] = [task for _, task in tasks_by_name(spec).values()
+                  if owner in {t.component_ref.name for t in spec.components[task.component_ref.name].dag.tasks.values()}
+                  and spec.components[task.component_ref.name].HasField("dag")]
+    assert "compare" in branches.dependent_tasks
 
 
 def test_run_summary_is_the_exit_task(spec):
@@ -163,9 +203,10 @@ def test_run_summary_is_the_exit_task(spec):
 
 
 def test_images_come_from_the_compile_flags(spec):
-    expected = {"check-parameters": BASE, "prepare-data": BASE, "baseline-eval": TRAINER, "train": TRAINER,
-                "train-custom-job": BASE, "tuned-eval": TRAINER, "compare": BASE, "register": BASE,
-                "run-summary": BASE}
+    expected = {"check-parameters": BASE, "plan-models": BASE, "model-entry": BASE, "prepare-data": BASE,
+                "baseline-eval": TRAINER, "train": TRAINER, "train-custom-job": BASE, "tuned-eval": TRAINER,
+                "compare": BASE, "register": BASE, "not-registered": BASE, "model-result": BASE,
+                "results-table": BASE, "run-summary": BASE}
     assert {name: container(spec, name)["image"] for name in expected} == expected
     images = {executor["container"]["image"] for executor in
               json_format.MessageToDict(spec.deployment_spec)["executors"].values()}
@@ -185,7 +226,8 @@ def test_gpu_tasks_take_accelerators_from_parameters(spec, task, prefix):
 
 
 def test_cpu_tasks_take_no_accelerator(spec):
-    for task in ("check-parameters", "prepare-data", "compare", "register", "run-summary"):
+    for task in ("check-parameters", "plan-models", "prepare-data", "compare", "register", "results-table",
+                 "run-summary"):
         assert "accelerator" not in container(spec, task).get("resources", {})
 
 

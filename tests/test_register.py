@@ -307,7 +307,7 @@ def test_register_accepts_the_compare_steps_real_output(tmp_path):
         write_json(tmp_path / name / "metrics.json", {"schema_version": 1, "model": "m", "n": 4, "samples": 4,
                                                       "accuracy": sum(correct) / 4, "ci_low": 0.0, "ci_high": 1.0,
                                                       "notebook_accuracy": sum(correct) / 4, "notebook_ci_low": 0.0,
-                                                      "notebook_ci_high": 1.0})
+                                                      "notebook_ci_high": 1.0, "format_rate": 1.0})
     comparison = compare_evaluations(str(tmp_path / "base"), str(tmp_path / "tuned"), str(tmp_path / "compare"))
     result = register_model(str(make_adapter(tmp_path / "adapter")), str(tmp_path / "compare"),
                             str(tmp_path / "registry"), model_name="m", base_model="b", recipe="tiny-cpu",

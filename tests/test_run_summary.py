@@ -11,7 +11,15 @@ from google.auth.credentials import AnonymousCredentials
 
 from components.common.artifacts import RunSummary, read_document
 from components.run_summary.__main__ import main
-from components.run_summary.core import build_summary, render_summary, summarize_run, tasks_from_vertex
+from components.run_summary.core import (
+    RunTasks,
+    TaskResult,
+    build_summary,
+    render_summary,
+    summarize_run,
+    tasks_from_local_run,
+    tasks_from_vertex,
+)
 
 BASELINE = {"accuracy": 0.267, "ci_low": 0.215, "ci_high": 0.326, "notebook_accuracy": 0.301, "n": 240}
 TUNED = {"accuracy": 0.583, "ci_low": 0.52, "ci_high": 0.644, "notebook_accuracy": 0.59, "n": 240}
@@ -32,30 +40,51 @@ def write_task(run_dir: Path, task: str, artifacts: dict[str, dict] | None, para
     (folder / "executor_output.json").write_text(json.dumps(output))
 
 
-def finished_run(run_dir: Path) -> Path:
-    write_task(run_dir, "check-parameters", {}, {"Output": "one-vm"})
-    write_task(run_dir, "prepare-data", {"prepared_data": {"fingerprint": "0123abcd4567ef89"}}, {"Output": "0123abcd4567ef89"})
-    write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
-    write_task(run_dir, "train", {"training_metrics": {}})
-    write_task(run_dir, "tuned-eval", {"metrics": TUNED})
-    write_task(run_dir, "compare", {"comparison_metrics": COMPARISON, "comparison": {"test": "mcnemar_exact"}})
-    write_task(run_dir, "register", {"registered_model": REGISTRATION})
+def branch(run_dir: Path, index: int = 0) -> Path:
+    """kfp.local's folder for one model of the fan-out (one item of the dsl.ParallelFor)."""
+    return run_dir / f"for-loop-2-iteration-{index}"
+
+
+def entry(name: str) -> dict:
+    return {"name": name, "base_model": "google/medgemma-4b-it", "recipe": "medgemma-4b"}
+
+
+def finished_run(run_dir: Path, registration: dict | None = REGISTRATION, index: int = 0, name: str = "medgemma-4b") -> Path:
+    if index == 0:
+        write_task(run_dir, "check-parameters", {}, {"Output": "one-vm"})
+        write_task(run_dir, "plan-models", {}, {"Output": [entry(name)]})
+    model = branch(run_dir, index)
+    write_task(model, "model-entry", {}, entry(name))
+    write_task(model, "prepare-data", {"prepared_data": {"fingerprint": "0123abcd4567ef89"}}, {"Output": "0123abcd4567ef89"})
+    write_task(model, "baseline-eval", {"metrics": BASELINE})
+    write_task(model, "train", {"training_metrics": {}})
+    write_task(model, "tuned-eval", {"metrics": TUNED})
+    write_task(model, "compare", {"comparison_metrics": COMPARISON, "comparison": {"test": "mcnemar_exact"}})
+    if registration is not None:
+        write_task(model, "register", {"registered_model": registration})
     return run_dir
+
+
+def one_model(**tasks: TaskResult) -> RunTasks:
+    return RunTasks({}, [{name.replace("_", "-"): task for name, task in tasks.items()}])
 
 
 def test_a_finished_local_run_is_summarized_and_written(tmp_path):
     run_dir = finished_run(tmp_path / "medgemma-grpo-2026")
     summary = summarize_run("SUCCEEDED", "local-pipeline-exit-handler-1", run_dir / "run-summary" / "summary")
     assert summary.state == "SUCCEEDED" and summary.failed_task is None
-    assert summary.baseline_ci == [0.215, 0.326] and summary.tuned_ci == [0.52, 0.644]
-    assert summary.p_value == 1.2e-15 and summary.n == 240 and summary.passes_gate is True
-    assert summary.test == "mcnemar_exact"
-    assert summary.registered_at == REGISTRATION["resource_name"] and summary.data_fingerprint == "0123abcd4567ef89"
+    [model] = summary.models
+    assert model.name == "medgemma-4b" and model.base_model == "google/medgemma-4b-it"
+    assert model.baseline_ci == [0.215, 0.326] and model.tuned_ci == [0.52, 0.644]
+    assert model.p_value == 1.2e-15 and model.n == 240 and model.passes_gate is True
+    assert model.test == "mcnemar_exact"
+    assert model.registered_at == REGISTRATION["resource_name"] and model.data_fingerprint == "0123abcd4567ef89"
     written = run_dir / "run-summary" / "summary"
     assert read_document(RunSummary, written / "summary.json") == summary
     table = (written / "summary.md").read_text()
     assert "baseline               0.267  [0.215, 0.326]" in table
-    assert summary.baseline_notebook_accuracy == 0.301 and summary.tuned_notebook_accuracy == 0.59
+    assert "model             medgemma-4b (google/medgemma-4b-it, recipe medgemma-4b)" in table
+    assert model.baseline_notebook_accuracy == 0.301 and model.tuned_notebook_accuracy == 0.59
     assert "notebook's scoring     0.301 -> 0.590   (baseline -> tuned; reported, never gated)" in table
     assert "registered        projects/p/locations/l/models/7@2 (version 2)" in table
 
@@ -63,12 +92,15 @@ def test_a_finished_local_run_is_summarized_and_written(tmp_path):
 def test_a_failed_run_names_the_step_that_failed(tmp_path):
     run_dir = tmp_path / "run"
     write_task(run_dir, "check-parameters", {}, {"Output": "one-vm"})
-    write_task(run_dir, "prepare-data", {"prepared_data": {}})
-    write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
-    write_task(run_dir, "train", None)  # started, never finished
+    write_task(run_dir, "plan-models", {}, {"Output": [entry("medgemma-4b")]})
+    write_task(branch(run_dir), "model-entry", {}, entry("medgemma-4b"))
+    write_task(branch(run_dir), "prepare-data", {"prepared_data": {}})
+    write_task(branch(run_dir), "baseline-eval", {"metrics": BASELINE})
+    write_task(branch(run_dir), "train", None)  # started, never finished
     summary = summarize_run("FAILED", "local-pipeline-exit-handler-1", run_dir / "run-summary" / "summary",
                             error_message="Task exit-handler-1 failed.")
-    assert summary.failed_task == "train" and summary.tuned_accuracy is None and not summary.registered
+    [model] = summary.models
+    assert summary.failed_task == "train" and model.tuned_accuracy is None and not model.registered
     table = render_summary(summary)
     assert table.splitlines()[0] == "run               FAILED (failed task: train)"
     assert "tuned (GRPO)             n/a" in table and "registered        not registered" in table
@@ -76,9 +108,7 @@ def test_a_failed_run_names_the_step_that_failed(tmp_path):
 
 
 def test_a_gate_that_did_not_pass_says_so():
-    from components.run_summary.core import TaskResult
-
-    summary = build_summary("SUCCEEDED", {"compare": TaskResult("SUCCEEDED", {"comparison_metrics": {**COMPARISON, "passes_gate": 0.0}})})
+    summary = build_summary("SUCCEEDED", one_model(compare=TaskResult("SUCCEEDED", {"comparison_metrics": {**COMPARISON, "passes_gate": 0.0}})))
     assert "not registered (gate not passed)" in render_summary(summary)
 
 
@@ -97,13 +127,13 @@ def test_vertex_task_details_are_read_from_the_pipeline_job():
         assert vertex.requests_to("GET", r"/pipelineJobs/medgemma-grpo-1$")
     summary = build_summary("FAILED", tasks)
     assert summary.failed_task == "register"
-    assert summary.tuned_ci == [0.52, 0.644] and summary.delta_ci == [0.25, 0.38]
+    assert summary.models[0].tuned_ci == [0.52, 0.644] and summary.models[0].delta_ci == [0.25, 0.38]
 
 
 def test_cli_prints_a_local_runs_summary(tmp_path, capsys):
     run_dir = finished_run(tmp_path / "run")
     assert main([str(run_dir), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["registered_version"] == "2"
+    assert json.loads(capsys.readouterr().out)["models"][0]["registered_version"] == "2"
     assert main([str(tmp_path / "missing")]) == 2
     assert "neither a run folder" in capsys.readouterr().err
 
@@ -126,22 +156,20 @@ def test_a_bad_parameter_stops_the_local_run_in_its_first_task_and_the_summary_s
 def test_a_step_that_failed_without_a_trace_is_the_first_one_missing(tmp_path):
     """kfp.local writes nothing for a task that failed before its outputs: the first step due and absent failed
     (the route recorded by check-parameters says which training step was due)."""
-    from components.run_summary.core import tasks_from_local_run
-
     run_dir = tmp_path / "run"
     write_task(run_dir, "check-parameters", {}, {"Output": "custom-job"})
-    write_task(run_dir, "prepare-data", {"prepared_data": {}})
-    write_task(run_dir, "baseline-eval", {"metrics": BASELINE})
+    write_task(run_dir, "plan-models", {}, {"Output": [entry("medgemma-4b")]})
+    write_task(branch(run_dir), "model-entry", {}, entry("medgemma-4b"))
+    write_task(branch(run_dir), "prepare-data", {"prepared_data": {}})
+    write_task(branch(run_dir), "baseline-eval", {"metrics": BASELINE})
     assert build_summary("FAILED", tasks_from_local_run(run_dir)).failed_task == "train-custom-job"
     assert build_summary("SUCCEEDED", tasks_from_local_run(run_dir)).failed_task is None
 
 
 def test_the_p_value_line_names_the_compare_steps_test():
-    from components.run_summary.core import TaskResult
-
     def table(test):
         compare = TaskResult("SUCCEEDED", {"comparison_metrics": COMPARISON, "comparison": {"test": test}})
-        return render_summary(build_summary("SUCCEEDED", {"compare": compare}))
+        return render_summary(build_summary("SUCCEEDED", one_model(compare=compare)))
 
     assert "McNemar p-value   1.20e-15   (n = 240 paired questions)" in table("mcnemar_exact")
     assert "sign-flip p-value 1.20e-15   (n = 240 paired questions)" in table("paired_sign_flip")
@@ -149,8 +177,8 @@ def test_the_p_value_line_names_the_compare_steps_test():
 
 def test_a_deployed_run_names_the_endpoint_and_the_smoke_test_numbers(tmp_path):
     run_dir = finished_run(tmp_path / "run")
-    write_task(run_dir, "deploy", {"deployment": {"endpoint": "projects/p/locations/l/endpoints/9", "backend": "vertex"}})
-    write_task(run_dir, "smoke-test", {"metrics": {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55,
+    write_task(branch(run_dir), "deploy", {"deployment": {"endpoint": "projects/p/locations/l/endpoints/9", "backend": "vertex"}})
+    write_task(branch(run_dir), "smoke-test", {"metrics": {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55,
                                                    "latency_p50_s": 0.41, "latency_p95_s": 0.9, "errors": 0.0}})
     summary = summarize_run("SUCCEEDED", "local", run_dir / "run-summary" / "summary")
     assert summary.deployed_to == "projects/p/locations/l/endpoints/9"
@@ -164,7 +192,49 @@ def test_a_deployed_run_names_the_endpoint_and_the_smoke_test_numbers(tmp_path):
 
 def test_a_failed_smoke_test_is_the_failed_step(tmp_path):
     run_dir = finished_run(tmp_path / "run")
-    write_task(run_dir, "deploy", {"deployment": {"endpoint": "e"}})
-    write_task(run_dir, "smoke-test", None)  # kfp.local leaves no output for a task that raised
+    write_task(branch(run_dir), "deploy", {"deployment": {"endpoint": "e"}})
+    write_task(branch(run_dir), "smoke-test", None)  # kfp.local leaves no output for a task that raised
     summary = summarize_run("FAILED", "local", run_dir / "run-summary" / "summary")
     assert summary.failed_task == "smoke-test" and summary.smoke_test is None
+
+
+def test_each_model_of_the_fan_out_gets_its_own_block(tmp_path):
+    run_dir = finished_run(tmp_path / "run")
+    finished_run(run_dir, registration=None, index=1, name="gemma-3-4b")
+    write_task(branch(run_dir, 1), "not-registered", {}, {"Output": ""})
+    summary = summarize_run("SUCCEEDED", "local", run_dir / "run-summary" / "summary")
+    assert [model.name for model in summary.models] == ["medgemma-4b", "gemma-3-4b"]
+    assert summary.models[0].registered and not summary.models[1].registered
+    table = render_summary(summary)
+    assert table.count("tuned (GRPO)") == 2 and "model             gemma-3-4b" in table
+
+
+def test_a_failure_in_the_second_model_is_named(tmp_path):
+    run_dir = finished_run(tmp_path / "run")
+    write_task(branch(run_dir, 1), "model-entry", {}, entry("gemma-3-4b"))
+    write_task(branch(run_dir, 1), "prepare-data", None)
+    summary = build_summary("FAILED", tasks_from_local_run(run_dir))
+    assert summary.failed_task == "prepare-data" and summary.models[0].registered
+
+
+def test_the_results_tables_numbers_are_used_when_it_ran(tmp_path):
+    """On Vertex several models' steps share task names: the results table's task has each model's numbers."""
+    table_row = {"name": "gemma-3-4b", "base_model": "google/gemma-3-4b-it", "recipe": "gemma-3-4b",
+                 "baseline_accuracy": 0.479, "tuned_accuracy": 0.535, "n": 1273.0, "registered": False}
+    tasks = RunTasks({"results-table": TaskResult("SUCCEEDED", {"table_json": {"models": [table_row]}})}, [],
+                     {"compare": TaskResult("SUCCEEDED")})
+    summary = build_summary("SUCCEEDED", tasks)
+    assert summary.models[0].name == "gemma-3-4b" and summary.models[0].tuned_accuracy == 0.535
+
+
+def test_several_models_on_vertex_without_a_table_name_the_failed_step_and_invent_no_numbers():
+    job = "projects/p/locations/europe-west4/pipelineJobs/medgemma-grpo-2"
+    compare = {"taskName": "compare", "state": "SUCCEEDED",
+               "outputs": {"comparison_metrics": {"artifacts": [{"metadata": COMPARISON}]}}}
+    details = [compare, {**compare}, {"taskName": "tuned-eval", "state": "SUCCEEDED"},
+               {"taskName": "tuned-eval", "state": "FAILED"}]
+    with FakeVertex() as vertex:
+        vertex.state.pipeline_jobs["medgemma-grpo-2"] = {"name": job, "jobDetail": {"taskDetails": details}}
+        tasks = tasks_from_vertex(job, api_endpoint=vertex.endpoint, credentials=AnonymousCredentials())
+    summary = build_summary("FAILED", tasks)
+    assert summary.failed_task == "tuned-eval" and summary.models == []

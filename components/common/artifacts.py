@@ -1,9 +1,10 @@
 """The files the steps hand each other, one pydantic model each, and the strict readers and writers for them.
 
 Prepared rows (data prep -> training, evaluation), predictions and metrics (evaluate -> compare, register),
-the comparison (compare -> register), the registration record (register) and the run summary (the pipeline's
-exit handler, with the deploy smoke test's numbers). Types are strict: ``"false"`` is not a boolean and ``"1"`` is not an integer. JSON documents
-carry ``schema_version``; a reader refuses a bad file with one line naming the file, the line and the field.
+the comparison (compare -> register), the registration record (register), the results table (one row per
+model of the run) and the run summary (the pipeline's exit handler, with the deploy smoke test's numbers).
+Types are strict: ``"false"`` is not a boolean and ``"1"`` is not an integer. JSON documents carry
+``schema_version``; a reader refuses a bad file with one line naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class EvaluationMetrics(_Document):
     notebook_accuracy: float = Field(ge=0, le=1)  # the notebook's extraction rule: reported, never gated
     notebook_ci_low: float = Field(ge=0, le=1)
     notebook_ci_high: float = Field(ge=0, le=1)
+    format_rate: float = Field(ge=0, le=1)  # samples with exactly one <answer> pair holding an option letter
     model: str
     adapter: str | None = None
 
@@ -159,12 +161,12 @@ class SmokeTestNumbers(_Strict):
     latency_p95_s: float | None = Field(default=None, ge=0)
 
 
-class RunSummary(_Document):
-    """How a pipeline run ended, written by its exit task (run_summary); a value no step recorded is None."""
+class ModelSummary(_Strict):
+    """One model of a run in its summary; a value no step recorded is None."""
 
-    state: str
-    failed_task: str | None = None
-    error: str | None = None
+    name: str
+    base_model: str | None = None
+    recipe: str | None = None
     data_fingerprint: str | None = None
     baseline_accuracy: float | None = Field(default=None, ge=0, le=1)
     baseline_ci: list[float] | None = Field(default=None, min_length=2, max_length=2)  # [low, high]
@@ -182,8 +184,84 @@ class RunSummary(_Document):
     registered_at: str | None = None  # the version's resource name (Vertex) or folder (file registry)
     registered_version: str | None = None
     registered_aliases: list[str] | None = None
+
+    @classmethod
+    def from_result(cls, result: ModelResult) -> ModelSummary:
+        """A row of the results table as the run summary shows it (the table has no fingerprint or aliases)."""
+        return cls(
+            name=result.name, base_model=result.base_model, recipe=result.recipe,
+            baseline_accuracy=result.baseline.strict.accuracy,
+            baseline_ci=[result.baseline.strict.ci_low, result.baseline.strict.ci_high],
+            tuned_accuracy=result.tuned.strict.accuracy,
+            tuned_ci=[result.tuned.strict.ci_low, result.tuned.strict.ci_high],
+            baseline_notebook_accuracy=result.baseline.notebook.accuracy,
+            tuned_notebook_accuracy=result.tuned.notebook.accuracy,
+            delta=result.delta, delta_ci=[result.delta_ci_low, result.delta_ci_high], test=result.test,
+            p_value=result.p_value, n=result.n, passes_gate=result.passes_gate,
+            registered=result.registered is not None, registered_at=result.registered,
+            registered_version=result.registered_version,
+        )
+
+
+class RunSummary(_Document):
+    """How a pipeline run ended, written by its exit task (run_summary): a block per model of the run."""
+
+    state: str
+    failed_task: str | None = None
+    error: str | None = None
+    models: list[ModelSummary] = Field(default_factory=list)  # empty: the run ended before any model's numbers
     deployed_to: str | None = None  # the endpoint's resource name (Vertex) or folder; None: not deployed
     smoke_test: SmokeTestNumbers | None = None
+
+
+class Accuracy(_Strict):
+    """One accuracy with its 95% CI (Wilson, over all samples)."""
+
+    accuracy: float = Field(ge=0, le=1)
+    ci_low: float = Field(ge=0, le=1)
+    ci_high: float = Field(ge=0, le=1)
+
+
+class EvaluationScores(_Strict):
+    """One side (baseline or tuned) of a model's row in the results table."""
+
+    strict: Accuracy  # exactly one <answer> pair: the reward's and the gate's rule
+    notebook: Accuracy  # the notebook's rule (text after the last <answer>): reported, never gated
+    format_rate: float = Field(ge=0, le=1)
+
+
+class ModelResult(_Document):
+    """results_table's model_result.json: one model of the run, its two evaluations, comparison and registration."""
+
+    name: str = Field(min_length=1)  # the model entry's name, unique in the run
+    base_model: str
+    recipe: str
+    baseline: EvaluationScores
+    tuned: EvaluationScores
+    delta: float = Field(ge=-1, le=1)  # strict, paired
+    delta_ci_low: float = Field(ge=-1, le=1)
+    delta_ci_high: float = Field(ge=-1, le=1)
+    test: Literal["mcnemar_exact", "paired_sign_flip"]
+    p_value: float = Field(ge=0, le=1)
+    n: int = Field(ge=1)
+    passes_gate: bool
+    registered: str | None = None  # the version's resource name (Vertex) or folder (file registry); None: not registered
+    registered_version: str | None = None
+
+
+class ResultsTable(_Document):
+    """results_table's table.json: every model of the run, in the order given."""
+
+    models: list[ModelResult] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> ResultsTable:
+        first: dict[str, int] = {}
+        for number, model in enumerate(self.models, start=1):
+            if model.name in first:
+                raise ValueError(f"model name {model.name!r} appears twice (models {first[model.name]} and {number})")
+            first[model.name] = number
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- readers

@@ -1,4 +1,7 @@
-"""KFP wrapper of the parameter check (no @dsl.component here: images are bound in pipelines/)."""
+"""KFP wrappers of the parameter check and the model plan (no @dsl.component here: images are bound in
+pipelines/)."""
+
+from typing import NamedTuple
 
 
 def check_parameters_component(
@@ -58,3 +61,32 @@ def check_parameters_component(
             smoke_test_min_format_rate=smoke_test_min_format_rate, target=target,
             kfp_gpu_types=dict(kfp_gpu_types), kfp_volume_path=kfp_volume_path,
         )
+
+
+def plan_models_component(
+    models: list,
+    base_model: str,
+    recipe: str,
+    recipe_settings: list,
+    model_display_name: str,
+    deploy_endpoint: str = "",
+) -> list:
+    """The run's models, checked and completed (name, base_model, recipe, recipe_settings, model_display_name,
+    endpoint_name): the list the pipeline fans out over. Empty ``models``: the one model of ``base_model`` and
+    ``recipe``."""
+    from components.common.errors import exit_on_user_error
+    from components.preflight.models import plan_models
+
+    with exit_on_user_error():
+        return plan_models(list(models), base_model=base_model, recipe=recipe, recipe_settings=list(recipe_settings),
+                           model_display_name=model_display_name, deploy_endpoint=deploy_endpoint)
+
+
+def model_entry_component(model: dict) -> NamedTuple(
+    "ModelEntry", name=str, base_model=str, recipe=str, recipe_settings=list, model_display_name=str,
+    endpoint_name=str,
+):
+    """One planned model's fields as separate outputs for its branch's steps (kfp.local cannot read a field of a
+    loop item, so the branch reads them from here)."""
+    return (model["name"], model["base_model"], model["recipe"], list(model["recipe_settings"]),
+            model["model_display_name"], model["endpoint_name"])

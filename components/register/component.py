@@ -69,3 +69,9 @@ def register_model(
     # A folder: on Vertex the uploaded model files sit under it too (<uri>/model/), so one name is one thing.
     write_registration(result, registered_model.path, champion_report.path)
     return result.resource_name
+
+
+def not_registered() -> str:
+    """What a branch whose gate failed hands on in place of a registration: no resource name. (The pipeline
+    joins the two branches with dsl.OneOf, so every model reaches the results table.)"""
+    return ""

@@ -12,7 +12,8 @@ from components.run_summary.core import build_summary, render_summary, tasks_fro
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m components.run_summary",
-        description="Summarize a pipeline run: state, failed task, accuracies with CIs, p-value, registered model.",
+        description="Summarize a pipeline run: state, failed task and, per model, accuracies with CIs, p-value, "
+        "registered model.",
     )
     parser.add_argument("run", help="a kfp.local run folder, or a Vertex job projects/P/locations/L/pipelineJobs/J")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         tasks = tasks_from_local_run(args.run)
     else:
         raise UserError(f"run: {args.run!r} is neither a run folder nor projects/P/locations/L/pipelineJobs/J")
-    failed = any(task.state not in ("SUCCEEDED", "SKIPPED") for task in tasks.values())
+    every_task = [*tasks.run.values(), *(task for branch in tasks.branches for task in branch.values()),
+                  *tasks.unattributed.values()]
+    failed = any(task.state not in ("SUCCEEDED", "SKIPPED") for task in every_task)
     summary = build_summary("FAILED" if failed else "SUCCEEDED", tasks)
     print(summary.model_dump_json(indent=2) if args.json else render_summary(summary))
 

@@ -1,31 +1,38 @@
-"""How a pipeline run ended, in one summary: its state, the step that failed (if one did), baseline and tuned
-accuracy with their CIs, the delta and its p-value, the same two accuracies scored the notebook's way
-(reported, never gated), where the model was registered and, when it was deployed,
-the endpoint and the smoke test's numbers.
+"""How a pipeline run ended, in one summary: its state, the step that failed (if one did) and, for each model
+of the run, baseline and tuned accuracy with their CIs, the delta and its p-value, the same two accuracies
+scored the notebook's way (reported, never gated) and where the model was registered; when a model was
+deployed, the endpoint and the smoke test's numbers.
 
 The pipeline's exit task builds it; it cannot take the steps' outputs as inputs (KFP forbids an exit task
 any dependency), so it reads what each step recorded as its artifacts' metadata: on Vertex from the
-PipelineJob's task details, under kfp.local from the run folder (``<run>/<task>/executor_output.json``).
+PipelineJob's task details, under kfp.local from the run folder (``<run>/<task>/executor_output.json``). The
+per-model numbers come from each model's steps; where those cannot be told apart (several models on Vertex),
+from the results table's task.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import RunSummary, SmokeTestNumbers, write_document
+from components.common.artifacts import ModelSummary, RunSummary, SmokeTestNumbers, write_document
 from components.common.vertex import init_vertex
 
 logger = logging.getLogger(__name__)
 
-# The pipeline's steps by task name, in run order (pipelines/medgemma_grpo.py names them).
-STEPS = ("check-parameters", "prepare-data", "baseline-eval", "train", "train-custom-job", "tuned-model",
-         "tuned-eval", "compare", "register", "deploy", "smoke-test")
+# The pipeline's steps by task name, in run order (pipelines/medgemma_grpo.py names them): the run's own, then
+# each model's branch of the fan-out, then the table over all of them.
+RUN_STEPS = ("check-parameters", "plan-models")
+MODEL_STEPS = ("model-entry", "prepare-data", "baseline-eval", "train", "train-custom-job", "tuned-model",
+               "tuned-eval", "compare", "register", "not-registered", "deploy", "smoke-test", "model-result")
+TABLE_STEP = "results-table"
 SUCCEEDED = "SUCCEEDED"
 SUMMARY_FILE = "summary.json"
+_ITERATION = re.compile(r"^for-loop-\d+-iteration-(\d+)$")  # kfp.local's folder for one item of a dsl.ParallelFor
 
 
 @dataclass
@@ -37,57 +44,102 @@ class TaskResult:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def tasks_from_local_run(run_dir: str | Path) -> dict[str, TaskResult]:
-    """kfp.local's run folder: a folder per task that started; ``executor_output.json`` once it succeeded."""
-    tasks = {}
+@dataclass
+class RunTasks:
+    """The run's tasks: those outside the fan-out by name, and each model's branch by name (in item order).
+    ``unattributed``: several models' steps that cannot be told apart (Vertex), the failed one of each name."""
+
+    run: dict[str, TaskResult]
+    branches: list[dict[str, TaskResult]]
+    unattributed: dict[str, TaskResult] = field(default_factory=dict)
+
+
+def _task_from_folder(task_dir: Path) -> TaskResult:
+    output_file = task_dir / "executor_output.json"
+    if not output_file.is_file():
+        return TaskResult("FAILED")
+    output = json.loads(output_file.read_text(encoding="utf-8"))
+    artifacts = {name: (entry.get("artifacts") or [{}])[0].get("metadata", {})
+                 for name, entry in output.get("artifacts", {}).items()}
+    return TaskResult(SUCCEEDED, artifacts, output.get("parameterValues", {}))
+
+
+def tasks_from_local_run(run_dir: str | Path) -> RunTasks:
+    """kfp.local's run folder: a folder per task that started (``executor_output.json`` once it succeeded), the
+    fan-out's tasks under a folder per item."""
+    run: dict[str, TaskResult] = {}
+    branches: dict[int, dict[str, TaskResult]] = {}
     for task_dir in sorted(p for p in Path(run_dir).iterdir() if p.is_dir()):
-        output_file = task_dir / "executor_output.json"
-        if not output_file.is_file():
-            tasks[task_dir.name] = TaskResult("FAILED")
-            continue
-        output = json.loads(output_file.read_text(encoding="utf-8"))
-        artifacts = {name: (entry.get("artifacts") or [{}])[0].get("metadata", {})
-                     for name, entry in output.get("artifacts", {}).items()}
-        tasks[task_dir.name] = TaskResult(SUCCEEDED, artifacts, output.get("parameterValues", {}))
-    return tasks
+        if iteration := _ITERATION.match(task_dir.name):
+            branches[int(iteration[1])] = {sub.name: _task_from_folder(sub)
+                                           for sub in sorted(task_dir.iterdir()) if sub.is_dir()}
+        else:
+            run[task_dir.name] = _task_from_folder(task_dir)
+    return RunTasks(run, [branches[index] for index in sorted(branches)])
 
 
-def tasks_from_vertex(job_resource_name: str, *, api_endpoint: str | None = None, credentials: Any = None) -> dict[str, TaskResult]:
-    """The PipelineJob's task details: each task's state and its output artifacts' metadata."""
+def tasks_from_vertex(job_resource_name: str, *, api_endpoint: str | None = None, credentials: Any = None) -> RunTasks:
+    """The PipelineJob's task details: each task's state and its output artifacts' metadata.
+
+    A model's steps appear once per model; with one model they form its branch. With several, the per-model
+    numbers come from the results table's task (which has them all), and a step that failed is named by task.
+    """
     from google.cloud import aiplatform
 
     parts = job_resource_name.split("/")  # projects/P/locations/L/pipelineJobs/J
     init_vertex(parts[1], parts[3], api_endpoint, credentials)
     job = aiplatform.PipelineJob.get(job_resource_name)
-    tasks = {}
+    run: dict[str, TaskResult] = {}
+    per_model: dict[str, list[TaskResult]] = {}
     for detail in job.task_details:
         detail = type(detail).to_dict(detail, use_integers_for_enums=False)
         artifacts = {name: (entry.get("artifacts") or [{}])[0].get("metadata") or {}
                      for name, entry in (detail.get("outputs") or {}).items()}
-        tasks[detail["task_name"]] = TaskResult(detail.get("state") or "STATE_UNSPECIFIED", artifacts)
-    return tasks
+        task = TaskResult(detail.get("state") or "STATE_UNSPECIFIED", artifacts)
+        if detail["task_name"] in MODEL_STEPS:
+            per_model.setdefault(detail["task_name"], []).append(task)
+        else:
+            run[detail["task_name"]] = task
+    if all(len(tasks) == 1 for tasks in per_model.values()):
+        return RunTasks(run, [{name: tasks[0] for name, tasks in per_model.items()}] if per_model else [])
+    # Several models: each step by name, a failed one first, so that the failed step is still named.
+    failed_first = {name: min(tasks, key=lambda task: task.state in (SUCCEEDED, "SKIPPED"))
+                    for name, tasks in per_model.items()}
+    return RunTasks(run, [], failed_first)
 
 
 def _interval(metadata: dict[str, Any], low: str, high: str) -> list[float] | None:
     return [metadata[low], metadata[high]] if low in metadata and high in metadata else None
 
 
-def _failed_step(state: str, tasks: dict[str, TaskResult]) -> str | None:
-    """The step that failed: one recorded as failed, else (kfp.local keeps no record of a task that failed
-    before writing outputs) the first step the run should have reached and did not finish."""
-    failed = [step for step in STEPS if step in tasks and tasks[step].state not in (SUCCEEDED, "SKIPPED")]
-    if failed or state == SUCCEEDED:
-        return failed[0] if failed else None
+def _recorded_failure(steps: tuple[str, ...], tasks: dict[str, TaskResult]) -> str | None:
+    return next((step for step in steps if step in tasks and tasks[step].state not in (SUCCEEDED, "SKIPPED")), None)
+
+
+def _first_missing(steps: tuple[str, ...], tasks: dict[str, TaskResult]) -> str | None:
+    """The first step the run should have reached and did not (kfp.local keeps no record of a task that failed
+    before writing outputs); the training route and the gate say which branches were not taken."""
     not_taken = set()
     route = tasks["check-parameters"].parameters.get("Output") if "check-parameters" in tasks else None
     if route:
         not_taken.add("train-custom-job" if route == "one-vm" else "train")
     comparison = tasks["compare"].artifacts.get("comparison_metrics", {}) if "compare" in tasks else {}
-    if comparison and not comparison.get("passes_gate"):
-        not_taken.add("register")
+    if comparison:
+        not_taken.add("register" if not comparison.get("passes_gate") else "not-registered")
     if "register" in not_taken or "register" in tasks:  # deploy runs only after a registration, when asked
         not_taken |= {"deploy", "smoke-test"} - set(tasks)
-    return next((step for step in STEPS if step not in not_taken and step not in tasks), None)
+    return next((step for step in steps if step not in not_taken and step not in tasks), None)
+
+
+def _failed_step(state: str, tasks: RunTasks) -> str | None:
+    """The step that failed: the run's own, then each model's branch in order, then the results table."""
+    groups = [(RUN_STEPS, tasks.run)]
+    groups += [(MODEL_STEPS, {**tasks.run, **branch}) for branch in tasks.branches or [tasks.unattributed]]
+    groups.append(((TABLE_STEP,), tasks.run))
+    recorded = next((step for steps, group in groups if (step := _recorded_failure(steps, group))), None)
+    if recorded or state == SUCCEEDED:
+        return recorded
+    return next((step for steps, group in groups if (step := _first_missing(steps, group))), None)
 
 
 def _smoke_test_numbers(metrics: dict[str, Any]) -> SmokeTestNumbers | None:
@@ -99,24 +151,23 @@ def _smoke_test_numbers(metrics: dict[str, Any]) -> SmokeTestNumbers | None:
                                                                  "latency_p95_s")})
 
 
-def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str | None = None) -> RunSummary:
-    """The summary from what the tasks recorded; a value a step did not get to record is None."""
+def _model_summary(branch: dict[str, TaskResult], index: int) -> ModelSummary:
+    """One model's numbers from what its branch's steps recorded."""
 
     def artifact(task: str, name: str) -> dict[str, Any]:
-        result = tasks.get(task)
+        result = branch.get(task)
         return result.artifacts.get(name, {}) if result is not None else {}
 
+    entry = branch["model-entry"].parameters if "model-entry" in branch else {}
     baseline, tuned = artifact("baseline-eval", "metrics"), artifact("tuned-eval", "metrics")
     comparison = artifact("compare", "comparison_metrics")
     registration = artifact("register", "registered_model")
-    prepared = artifact("prepare-data", "prepared_data")
-    deployment, smoke = artifact("deploy", "deployment"), artifact("smoke-test", "metrics")
     passes_gate = comparison.get("passes_gate")
-    return RunSummary(
-        state=state,
-        failed_task=_failed_step(state, tasks),
-        error=error_message or None,
-        data_fingerprint=prepared.get("fingerprint"),
+    return ModelSummary(
+        name=entry.get("name") or f"model {index + 1}",
+        base_model=entry.get("base_model"),
+        recipe=entry.get("recipe"),
+        data_fingerprint=artifact("prepare-data", "prepared_data").get("fingerprint"),
         baseline_accuracy=comparison.get("baseline_accuracy", baseline.get("accuracy")),
         baseline_ci=_interval(baseline, "ci_low", "ci_high"),
         tuned_accuracy=comparison.get("tuned_accuracy", tuned.get("accuracy")),
@@ -133,6 +184,27 @@ def build_summary(state: str, tasks: dict[str, TaskResult], error_message: str |
         registered_at=registration.get("resource_name"),
         registered_version=registration.get("version"),
         registered_aliases=registration.get("aliases"),
+    )
+
+
+def build_summary(state: str, tasks: RunTasks, error_message: str | None = None) -> RunSummary:
+    """The summary from what the tasks recorded; a value a step did not get to record is None."""
+    table = tasks.run.get(TABLE_STEP)
+    if tasks.branches or table is None or table.state != SUCCEEDED:
+        models = [_model_summary(branch, index) for index, branch in enumerate(tasks.branches)]
+    else:  # several models' steps on Vertex: the results table's rows
+        models = [ModelSummary.model_validate({**row, "n": int(row["n"])})  # Vertex hands numbers back as floats
+                  for row in table.artifacts.get("table_json", {}).get("models", [])]
+    deployment, smoke = {}, {}
+    for branch in tasks.branches:
+        if "deploy" in branch:
+            deployment = branch["deploy"].artifacts.get("deployment", {})
+            smoke = branch["smoke-test"].artifacts.get("metrics", {}) if "smoke-test" in branch else {}
+    return RunSummary(
+        state=state,
+        failed_task=_failed_step(state, tasks),
+        error=error_message or None,
+        models=models,
         deployed_to=deployment.get("endpoint"),
         smoke_test=_smoke_test_numbers(smoke),
     )
@@ -142,41 +214,49 @@ NOTEBOOK_LABEL = "notebook's scoring"  # the notebook's answer extraction (noteb
 P_VALUE_LABELS = {"mcnemar_exact": "McNemar p-value", "paired_sign_flip": "sign-flip p-value", None: "p-value"}
 
 
-def render_summary(summary: RunSummary) -> str:
-    """The summary as a fixed-width table (what the run log and the local run print)."""
+def _number(value: Any, form: str = ".3f") -> str:
+    return format(value, form) if isinstance(value, (int, float)) else "n/a"
 
-    def number(value: Any, form: str = ".3f") -> str:
-        return format(value, form) if isinstance(value, (int, float)) else "n/a"
 
+def _render_model(model: ModelSummary) -> list[str]:
     def ci(bounds: list[float] | None) -> str:
         return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else ""
 
-    state = summary.state + (f" (failed task: {summary.failed_task})" if summary.failed_task else "")
-    if summary.registered:
-        where = f"{summary.registered_at} (version {summary.registered_version})"
-    elif summary.passes_gate is False:
+    if model.registered:
+        where = f"{model.registered_at} (version {model.registered_version})"
+    elif model.passes_gate is False:
         where = "not registered (gate not passed)"
     else:
         where = "not registered"
-    n = f"   (n = {summary.n} paired questions)" if summary.n is not None else ""
-    deployed = [f"{'deployed':18}{summary.deployed_to}"] if summary.deployed_to else []
+    n = f"   (n = {model.n} paired questions)" if model.n is not None else ""
+    about = ", ".join(part for part in (model.base_model, model.recipe and f"recipe {model.recipe}") if part)
+    return [
+        f"{'model':18}{model.name}" + (f" ({about})" if about else ""),
+        f"{'':18}{'accuracy':>10}  95% CI   (strict scoring: the reward's and the gate's)",
+        f"{'baseline':18}{_number(model.baseline_accuracy):>10}  {ci(model.baseline_ci)}",
+        f"{'tuned (GRPO)':18}{_number(model.tuned_accuracy):>10}  {ci(model.tuned_ci)}",
+        f"{'delta':18}{_number(model.delta, '+.3f'):>10}  {ci(model.delta_ci)}",
+        f"{P_VALUE_LABELS[model.test]:18}{_number(model.p_value, '.2e')}{n}",
+        f"{NOTEBOOK_LABEL:18}{_number(model.baseline_notebook_accuracy):>10} -> "
+        f"{_number(model.tuned_notebook_accuracy)}   (baseline -> tuned; reported, never gated)",
+        f"{'registered':18}{where}",
+    ]
+
+
+def render_summary(summary: RunSummary) -> str:
+    """The summary as a fixed-width table (what the run log and the local run print): a block per model."""
+    state = summary.state + (f" (failed task: {summary.failed_task})" if summary.failed_task else "")
+    lines = [f"{'run':18}{state}"]
+    for model in summary.models:
+        lines += ["", *_render_model(model)]
+    if summary.deployed_to:
+        lines.append(f"{'deployed':18}{summary.deployed_to}")
     smoke = summary.smoke_test
     if smoke:
-        deployed.append(f"{'smoke test':18}{smoke.n} prompts: format rate {number(smoke.format_rate, '.2f')}, "
-                        f"accuracy {number(smoke.accuracy, '.2f')}, latency p50 {number(smoke.latency_p50_s, '.2f')} s, "
-                        f"p95 {number(smoke.latency_p95_s, '.2f')} s")
-    return "\n".join([
-        f"{'run':18}{state}",
-        f"{'':18}{'accuracy':>10}  95% CI   (strict scoring: the reward's and the gate's)",
-        f"{'baseline':18}{number(summary.baseline_accuracy):>10}  {ci(summary.baseline_ci)}",
-        f"{'tuned (GRPO)':18}{number(summary.tuned_accuracy):>10}  {ci(summary.tuned_ci)}",
-        f"{'delta':18}{number(summary.delta, '+.3f'):>10}  {ci(summary.delta_ci)}",
-        f"{P_VALUE_LABELS[summary.test]:18}{number(summary.p_value, '.2e')}{n}",
-        f"{NOTEBOOK_LABEL:18}{number(summary.baseline_notebook_accuracy):>10} -> "
-        f"{number(summary.tuned_notebook_accuracy)}   (baseline -> tuned; reported, never gated)",
-        f"{'registered':18}{where}",
-        *deployed,
-    ])
+        lines.append(f"{'smoke test':18}{smoke.n} prompts: format rate {_number(smoke.format_rate, '.2f')}, "
+                     f"accuracy {_number(smoke.accuracy, '.2f')}, latency p50 {_number(smoke.latency_p50_s, '.2f')} s, "
+                     f"p95 {_number(smoke.latency_p95_s, '.2f')} s")
+    return "\n".join(lines)
 
 
 def summarize_run(
