@@ -169,7 +169,8 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                             smoke_test_min_format_rate=smoke_test_min_format_rate, **target_settings.check_inputs())
             planned = plan(models=models, base_model=base_model, recipe=recipe, recipe_settings=recipe_settings,
                            model_display_name=model_display_name, deploy_endpoint=deploy_endpoint).after(checked)
-            with dsl.ParallelFor(planned.output, name="each-model") as planned_model:
+            with dsl.ParallelFor(planned.output, name="each-model",
+                                 parallelism=target_settings.model_parallelism) as planned_model:
                 entry = model_entry(model=planned_model).outputs
                 model_id, model_recipe, settings = entry["base_model"], entry["recipe"], entry["recipe_settings"]
                 data = with_token(prepare(source=data_source, recipe=model_recipe, recipe_settings=settings,

@@ -48,6 +48,8 @@ class VertexTarget:
 
     # Empty: checkpoints live in the tuned model's output folder, a /gcs/ path Vertex writes straight to GCS.
     checkpoint_root: str = ""
+    # Models trained at once (0: all; each model's GPU tasks get their own machines).
+    model_parallelism: int = 0
 
     def gpu(self, task, accelerator_type, accelerator_count, cpus, memory):
         # KFP 2.17's set_*_limit do not record their pipeline parameters as task inputs, so inside a dsl.If
@@ -80,6 +82,7 @@ class LocalTarget(VertexTarget):
     name: str = "local"
     run_project: str = ""
     run_location: str = ""
+    model_parallelism: int = 1  # one CPU machine: two models at once only share its cores
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class KfpTarget:
     run_project: str = ""
     run_location: str = ""
     checkpoint_root: str = VOLUME_PATH + "/checkpoints"
+    model_parallelism: int = 0
 
     def __post_init__(self) -> None:
         for flag, value in (("--volume-claim", self.volume_claim), ("--gpu-node-label", self.gpu_node_label),

@@ -329,17 +329,21 @@ def _sub_dag_tasks(compiled: dict[str, Any]) -> dict[str, tuple[str, dict[str, A
     return tasks
 
 
+def _task_named(compiled: dict[str, Any], display_name: str) -> tuple[str, dict[str, Any]]:
+    """A task by the name the console shows (taskInfo), with its key in its DAG (KFP numbers sub-DAGs)."""
+    [(key, (_, task))] = [(key, entry) for key, entry in _sub_dag_tasks(compiled).items()
+                          if entry[1]["taskInfo"]["name"] == display_name]
+    return key, task
+
+
 def test_node_count_parameter_defaults_to_one_vm(compiled):
     parameters = compiled["root"]["inputDefinitions"]["parameters"]
     assert parameters["train_nodes"]["defaultValue"] == 1
     assert parameters["train_machine_type"]["defaultValue"] == ""
-    tasks = _sub_dag_tasks(compiled)
-    one_vm, several = tasks["condition-3"][1], tasks["condition-4"][1]
+    (_, one_vm), (_, several) = _task_named(compiled, "train-on-one-vm"), _task_named(compiled, "train-as-custom-job")
     # check-parameters returns "one-vm" unless train_nodes > 1 or train_on_spot (tests/test_preflight.py)
-    assert one_vm["taskInfo"]["name"] == "train-on-one-vm"
     assert one_vm["triggerPolicy"]["condition"] == (
         "inputs.parameter_values['pipelinechannel--check-parameters-Output'] == 'one-vm'")
-    assert several["taskInfo"]["name"] == "train-as-custom-job"
     assert several["triggerPolicy"]["condition"] == "!(" + one_vm["triggerPolicy"]["condition"] + ")"
 
 
@@ -364,20 +368,25 @@ def test_one_vm_branch_trains_on_the_gpu_task_and_several_vms_branch_launches_fr
 
 def test_downstream_steps_take_the_tuned_model_of_whichever_branch_ran(compiled):
     """Each branch returns its model's URI; the one that ran becomes the Model artifact later steps read."""
-    oneof = compiled["components"]["comp-condition-branches-2"]["dag"]["outputs"]["parameters"]
-    ((oneof_key, selectors),) = oneof.items()
-    assert [s["producerSubtask"] for s in selectors["valueFromOneof"]["parameterSelectors"]] == [
-        "condition-3", "condition-4"]
     tasks = _sub_dag_tasks(compiled)
     join = tasks["tuned-model"][1]
-    assert join["inputs"]["parameters"]["model_uri"]["taskOutputParameter"] == {
-        "outputParameterKey": oneof_key, "producerTask": "condition-branches-2"}
+    branches = join["inputs"]["parameters"]["model_uri"]["taskOutputParameter"]
+    oneof = compiled["components"][tasks[branches["producerTask"]][1]["componentRef"]["name"]]["dag"]["outputs"]
+    selectors = oneof["parameters"][branches["outputParameterKey"]]["valueFromOneof"]["parameterSelectors"]
+    assert [s["producerSubtask"] for s in selectors] == [
+        _task_named(compiled, "train-on-one-vm")[0], _task_named(compiled, "train-as-custom-job")[0]]
     assert compiled["deploymentSpec"]["executors"]["exec-tuned-model"]["container"]["image"] == BASE_IMAGE
     from_join = {"outputArtifactKey": "tuned_model", "producerTask": "tuned-model"}
     tuned_eval = tasks["tuned-eval"][1]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"]
     assert tuned_eval == from_join
     register = tasks["register"][1]["inputs"]["artifacts"]["model"]["componentInputArtifact"]
-    assert tasks["condition-5"][1]["inputs"]["artifacts"][register]["taskOutputArtifact"] == from_join
+    # register sits in the gate's branch, inside the If/Else pair: the model comes in through both.
+    _, gate = _task_named(compiled, "gate-passed")
+    gate_input = gate["inputs"]["artifacts"][register]["componentInputArtifact"]
+    [pair] = [task for _, task in tasks.values()
+              if gate_input in task.get("inputs", {}).get("artifacts", {}) and "taskOutputArtifact" in
+              task["inputs"]["artifacts"][gate_input]]
+    assert pair["inputs"]["artifacts"][gate_input]["taskOutputArtifact"] == from_join
 
 
 def test_every_sub_dag_input_a_task_reads_is_defined(compiled):
