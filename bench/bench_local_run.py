@@ -43,15 +43,12 @@ def main() -> None:
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
         "cache": "warm" if args.workdir else "cold (tiny model built and warm-started in the run)",
         "wall_seconds": round(wall, 1),
-        "baseline_accuracy": summary["baseline_accuracy"],
-        "tuned_accuracy": summary["tuned_accuracy"],
-        "delta": summary["delta"],
-        "p_value": summary["p_value"],
-        "n": summary["n"],
-        "registered": summary["registered"],
+        "models": [{key: model[key] for key in ("name", "recipe", "baseline_accuracy", "tuned_accuracy", "delta",
+                                                "p_value", "n", "registered")} for model in summary["models"]],
         "targets": {"wall_seconds_max": TARGET_WALL_SECONDS, "p_value_max": TARGET_P_VALUE},
-        "meets_targets": wall <= TARGET_WALL_SECONDS and summary["p_value"] < TARGET_P_VALUE
-        and summary["tuned_accuracy"] > summary["baseline_accuracy"],
+        "meets_targets": wall <= TARGET_WALL_SECONDS and bool(summary["models"]) and all(
+            model["p_value"] < TARGET_P_VALUE and model["tuned_accuracy"] > model["baseline_accuracy"]
+            for model in summary["models"]),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -71,7 +71,11 @@ class LocalRun:
     def table(self) -> str:
         from components.run_summary.core import render_summary
 
-        return render_summary(self.summary) + f"\n{'wall time':18}{self.wall_seconds:.0f} s"
+        lines = [render_summary(self.summary), ""]
+        table_dir = self.run_dir / "results-table"
+        if (table_dir / "table").is_file():  # the Markdown and HTML artifacts the Vertex console renders
+            lines.append(f"{'results table':18}{table_dir / 'table'} (Markdown), {table_dir / 'table_html'} (HTML)")
+        return "\n".join([*lines, f"{'wall time':18}{self.wall_seconds:.0f} s"])
 
 
 def collect_summary(run_dir: Path, wall_seconds: float) -> LocalRun:

@@ -181,8 +181,9 @@ def test_a_deployed_run_names_the_endpoint_and_the_smoke_test_numbers(tmp_path):
     write_task(branch(run_dir), "smoke-test", {"metrics": {"n": 20.0, "format_rate": 1.0, "accuracy": 0.55,
                                                    "latency_p50_s": 0.41, "latency_p95_s": 0.9, "errors": 0.0}})
     summary = summarize_run("SUCCEEDED", "local", run_dir / "run-summary" / "summary")
-    assert summary.deployed_to == "projects/p/locations/l/endpoints/9"
-    assert summary.smoke_test.model_dump() == {"n": 20, "format_rate": 1.0, "accuracy": 0.55, "latency_p50_s": 0.41,
+    [model] = summary.models
+    assert model.deployed_to == "projects/p/locations/l/endpoints/9"
+    assert model.smoke_test.model_dump() == {"n": 20, "format_rate": 1.0, "accuracy": 0.55, "latency_p50_s": 0.41,
                                                "latency_p95_s": 0.9}
     assert read_document(RunSummary, run_dir / "run-summary" / "summary" / "summary.json") == summary
     table = render_summary(summary)
@@ -195,7 +196,7 @@ def test_a_failed_smoke_test_is_the_failed_step(tmp_path):
     write_task(branch(run_dir), "deploy", {"deployment": {"endpoint": "e"}})
     write_task(branch(run_dir), "smoke-test", None)  # kfp.local leaves no output for a task that raised
     summary = summarize_run("FAILED", "local", run_dir / "run-summary" / "summary")
-    assert summary.failed_task == "smoke-test" and summary.smoke_test is None
+    assert summary.failed_task == "smoke-test" and summary.models[0].smoke_test is None
 
 
 def test_each_model_of_the_fan_out_gets_its_own_block(tmp_path):

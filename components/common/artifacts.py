@@ -184,6 +184,8 @@ class ModelSummary(_Strict):
     registered_at: str | None = None  # the version's resource name (Vertex) or folder (file registry)
     registered_version: str | None = None
     registered_aliases: list[str] | None = None
+    deployed_to: str | None = None  # the endpoint's resource name (Vertex) or folder; None: not deployed
+    smoke_test: SmokeTestNumbers | None = None
 
     @classmethod
     def from_result(cls, result: ModelResult) -> ModelSummary:
@@ -210,8 +212,6 @@ class RunSummary(_Document):
     failed_task: str | None = None
     error: str | None = None
     models: list[ModelSummary] = Field(default_factory=list)  # empty: the run ended before any model's numbers
-    deployed_to: str | None = None  # the endpoint's resource name (Vertex) or folder; None: not deployed
-    smoke_test: SmokeTestNumbers | None = None
 
 
 class Accuracy(_Strict):

@@ -163,6 +163,7 @@ def _model_summary(branch: dict[str, TaskResult], index: int) -> ModelSummary:
     comparison = artifact("compare", "comparison_metrics")
     registration = artifact("register", "registered_model")
     passes_gate = comparison.get("passes_gate")
+    deployment, smoke = artifact("deploy", "deployment"), artifact("smoke-test", "metrics")
     return ModelSummary(
         name=entry.get("name") or f"model {index + 1}",
         base_model=entry.get("base_model"),
@@ -184,6 +185,8 @@ def _model_summary(branch: dict[str, TaskResult], index: int) -> ModelSummary:
         registered_at=registration.get("resource_name"),
         registered_version=registration.get("version"),
         registered_aliases=registration.get("aliases"),
+        deployed_to=deployment.get("endpoint"),
+        smoke_test=_smoke_test_numbers(smoke),
     )
 
 
@@ -195,19 +198,7 @@ def build_summary(state: str, tasks: RunTasks, error_message: str | None = None)
     else:  # several models' steps on Vertex: the results table's rows
         models = [ModelSummary.model_validate({**row, "n": int(row["n"])})  # Vertex hands numbers back as floats
                   for row in table.artifacts.get("table_json", {}).get("models", [])]
-    deployment, smoke = {}, {}
-    for branch in tasks.branches:
-        if "deploy" in branch:
-            deployment = branch["deploy"].artifacts.get("deployment", {})
-            smoke = branch["smoke-test"].artifacts.get("metrics", {}) if "smoke-test" in branch else {}
-    return RunSummary(
-        state=state,
-        failed_task=_failed_step(state, tasks),
-        error=error_message or None,
-        models=models,
-        deployed_to=deployment.get("endpoint"),
-        smoke_test=_smoke_test_numbers(smoke),
-    )
+    return RunSummary(state=state, failed_task=_failed_step(state, tasks), error=error_message or None, models=models)
 
 
 NOTEBOOK_LABEL = "notebook's scoring"  # the notebook's answer extraction (notebook_extract_answer)
@@ -230,7 +221,7 @@ def _render_model(model: ModelSummary) -> list[str]:
         where = "not registered"
     n = f"   (n = {model.n} paired questions)" if model.n is not None else ""
     about = ", ".join(part for part in (model.base_model, model.recipe and f"recipe {model.recipe}") if part)
-    return [
+    lines = [
         f"{'model':18}{model.name}" + (f" ({about})" if about else ""),
         f"{'':18}{'accuracy':>10}  95% CI   (strict scoring: the reward's and the gate's)",
         f"{'baseline':18}{_number(model.baseline_accuracy):>10}  {ci(model.baseline_ci)}",
@@ -241,6 +232,13 @@ def _render_model(model: ModelSummary) -> list[str]:
         f"{_number(model.tuned_notebook_accuracy)}   (baseline -> tuned; reported, never gated)",
         f"{'registered':18}{where}",
     ]
+    if model.deployed_to:
+        lines.append(f"{'deployed':18}{model.deployed_to}")
+    if smoke := model.smoke_test:
+        lines.append(f"{'smoke test':18}{smoke.n} prompts: format rate {_number(smoke.format_rate, '.2f')}, "
+                     f"accuracy {_number(smoke.accuracy, '.2f')}, latency p50 {_number(smoke.latency_p50_s, '.2f')} s, "
+                     f"p95 {_number(smoke.latency_p95_s, '.2f')} s")
+    return lines
 
 
 def render_summary(summary: RunSummary) -> str:
@@ -249,13 +247,6 @@ def render_summary(summary: RunSummary) -> str:
     lines = [f"{'run':18}{state}"]
     for model in summary.models:
         lines += ["", *_render_model(model)]
-    if summary.deployed_to:
-        lines.append(f"{'deployed':18}{summary.deployed_to}")
-    smoke = summary.smoke_test
-    if smoke:
-        lines.append(f"{'smoke test':18}{smoke.n} prompts: format rate {_number(smoke.format_rate, '.2f')}, "
-                     f"accuracy {_number(smoke.accuracy, '.2f')}, latency p50 {_number(smoke.latency_p50_s, '.2f')} s, "
-                     f"p95 {_number(smoke.latency_p95_s, '.2f')} s")
     return "\n".join(lines)
 
 
