@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.summary_json).write_text(json.dumps(run.to_json(), indent=2) + "\n")
     if run.summary.state != "SUCCEEDED":
         failed = f" in task {run.summary.failed_task}" if run.summary.failed_task else ""
+        failed += f" of model {run.summary.failed_model}" if run.summary.failed_model else ""
         raise UserError(f"the run ended {run.summary.state}{failed}")
 
 

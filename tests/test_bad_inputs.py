@@ -16,6 +16,7 @@ from components.common.artifacts import (
     SCHEMA_VERSION,
     ChampionDecision,
     Comparison,
+    ModelSummary,
     PreparedRow,
     RunSummary,
     parse_document,
@@ -367,18 +368,24 @@ def test_a_long_string_in_a_bad_field_is_described_not_quoted():
 
 
 def test_run_summary_is_strict():
-    summary = RunSummary(state="SUCCEEDED", baseline_accuracy=0.267, baseline_ci=[0.2, 0.33], tuned_accuracy=0.583,
+    model = ModelSummary(name="medgemma-4b", baseline_accuracy=0.267, baseline_ci=[0.2, 0.33], tuned_accuracy=0.583,
                          tuned_ci=[0.52, 0.64], p_value=3.78e-14, registered=True,
                          registered_at="registry/m/versions/1")
+    summary = RunSummary(state="SUCCEEDED", models=[model])
     assert parse_document(RunSummary, summary.model_dump_json(), "summary.json") == summary
     assert summary.model_dump()["schema_version"] == SCHEMA_VERSION
     with pytest.raises(UserError) as raised:
-        parse_document(RunSummary, json.dumps({"schema_version": 1, "state": "FAILED", "p_value": "0.01"}), "s.json")
-    assert str(raised.value) == "s.json: field 'p_value': expected a number, got '0.01'"
+        parse_document(RunSummary, json.dumps({"schema_version": 1, "state": "FAILED",
+                                               "models": [{"name": "m", "p_value": "0.01"}]}), "s.json")
+    assert str(raised.value) == "s.json: field 'models.0.p_value': expected a number, got '0.01'"
     with pytest.raises(UserError) as raised:
-        parse_document(RunSummary, json.dumps({"schema_version": 1, "state": "FAILED", "baseline_ci": [0.1]}), "s.json")
-    assert str(raised.value) == ("s.json: field 'baseline_ci': list should have at least 2 items after validation, "
-                                 "not 1, got a list")
+        parse_document(RunSummary, json.dumps({"schema_version": 1, "state": "FAILED",
+                                               "models": [{"name": "m", "baseline_ci": [0.1]}]}), "s.json")
+    assert str(raised.value) == ("s.json: field 'models.0.baseline_ci': list should have at least 2 items after "
+                                 "validation, not 1, got a list")
+    with pytest.raises(UserError) as raised:  # a summary from before the per-model blocks is not read as empty
+        parse_document(RunSummary, json.dumps({"schema_version": 1, "state": "FAILED", "p_value": 0.01}), "s.json")
+    assert "p_value" in str(raised.value)
 
 
 def test_comparison_and_decision_schemas_refuse_what_a_typo_would_make():

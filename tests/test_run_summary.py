@@ -102,7 +102,7 @@ def test_a_failed_run_names_the_step_that_failed(tmp_path):
     [model] = summary.models
     assert summary.failed_task == "train" and model.tuned_accuracy is None and not model.registered
     table = render_summary(summary)
-    assert table.splitlines()[0] == "run               FAILED (failed task: train)"
+    assert table.splitlines()[0] == "run               FAILED (failed task: train, model medgemma-4b)"
     assert "tuned (GRPO)             n/a" in table and "registered        not registered" in table
     assert "notebook's scoring     0.301 -> n/a" in table
 
@@ -215,7 +215,9 @@ def test_a_failure_in_the_second_model_is_named(tmp_path):
     write_task(branch(run_dir, 1), "model-entry", {}, entry("gemma-3-4b"))
     write_task(branch(run_dir, 1), "prepare-data", None)
     summary = build_summary("FAILED", tasks_from_local_run(run_dir))
-    assert summary.failed_task == "prepare-data" and summary.models[0].registered
+    assert summary.failed_task == "prepare-data" and summary.failed_model == "gemma-3-4b"
+    assert summary.models[0].registered
+    assert render_summary(summary).splitlines()[0] == "run               FAILED (failed task: prepare-data, model gemma-3-4b)"
 
 
 def test_the_results_tables_numbers_are_used_when_it_ran(tmp_path):

@@ -210,6 +210,7 @@ class RunSummary(_Document):
 
     state: str
     failed_task: str | None = None
+    failed_model: str | None = None  # the model whose branch holds failed_task (None: a step of the whole run)
     error: str | None = None
     models: list[ModelSummary] = Field(default_factory=list)  # empty: the run ended before any model's numbers
 

@@ -131,15 +131,23 @@ def _first_missing(steps: tuple[str, ...], tasks: dict[str, TaskResult]) -> str 
     return next((step for step in steps if step not in not_taken and step not in tasks), None)
 
 
-def _failed_step(state: str, tasks: RunTasks) -> str | None:
-    """The step that failed: the run's own, then each model's branch in order, then the results table."""
-    groups = [(RUN_STEPS, tasks.run)]
-    groups += [(MODEL_STEPS, {**tasks.run, **branch}) for branch in tasks.branches or [tasks.unattributed]]
-    groups.append(((TABLE_STEP,), tasks.run))
-    recorded = next((step for steps, group in groups if (step := _recorded_failure(steps, group))), None)
+def _failed_step(state: str, tasks: RunTasks) -> tuple[str | None, str | None]:
+    """(the step that failed, the model whose branch it is in): the run's own steps, then each model's branch
+    in order, then the results table."""
+
+    def model_name(branch: dict[str, TaskResult]) -> str | None:
+        return branch["model-entry"].parameters.get("name") if "model-entry" in branch else None
+
+    groups = [(RUN_STEPS, tasks.run, None)]
+    groups += [(MODEL_STEPS, {**tasks.run, **branch}, model_name(branch))
+               for branch in tasks.branches or [tasks.unattributed]]
+    groups.append(((TABLE_STEP,), tasks.run, None))
+    recorded = next(((step, model) for steps, group, model in groups
+                     if (step := _recorded_failure(steps, group))), None)
     if recorded or state == SUCCEEDED:
-        return recorded
-    return next((step for steps, group in groups if (step := _first_missing(steps, group))), None)
+        return recorded or (None, None)
+    return next(((step, model) for steps, group, model in groups if (step := _first_missing(steps, group))),
+                (None, None))
 
 
 def _smoke_test_numbers(metrics: dict[str, Any]) -> SmokeTestNumbers | None:
@@ -198,7 +206,9 @@ def build_summary(state: str, tasks: RunTasks, error_message: str | None = None)
     else:  # several models' steps on Vertex: the results table's rows
         models = [ModelSummary.model_validate({**row, "n": int(row["n"])})  # Vertex hands numbers back as floats
                   for row in table.artifacts.get("table_json", {}).get("models", [])]
-    return RunSummary(state=state, failed_task=_failed_step(state, tasks), error=error_message or None, models=models)
+    failed_task, failed_model = _failed_step(state, tasks)
+    return RunSummary(state=state, failed_task=failed_task, failed_model=failed_model, error=error_message or None,
+                      models=models)
 
 
 NOTEBOOK_LABEL = "notebook's scoring"  # the notebook's answer extraction (notebook_extract_answer)
@@ -243,7 +253,9 @@ def _render_model(model: ModelSummary) -> list[str]:
 
 def render_summary(summary: RunSummary) -> str:
     """The summary as a fixed-width table (what the run log and the local run print): a block per model."""
-    state = summary.state + (f" (failed task: {summary.failed_task})" if summary.failed_task else "")
+    failed = summary.failed_task and f"failed task: {summary.failed_task}" + (
+        f", model {summary.failed_model}" if summary.failed_model else "")
+    state = summary.state + (f" ({failed})" if failed else "")
     lines = [f"{'run':18}{state}"]
     for model in summary.models:
         lines += ["", *_render_model(model)]

@@ -14,17 +14,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fakes.loopback import LoopbackServer
+from fakes.loopback import LoopbackServer, RecordedRequest
 
 API = "/apis/v2beta1"
-
-
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
 
 
 @dataclass

@@ -1,9 +1,20 @@
-"""The part every loopback stand-in shares: an HTTP server on 127.0.0.1 in a thread, used as a context manager."""
+"""The part every loopback stand-in shares: an HTTP server on 127.0.0.1 in a thread, used as a context manager,
+and the record of each request it received."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
 
 
 class LoopbackServer:

@@ -19,19 +19,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fakes.loopback import LoopbackServer
+from fakes.loopback import LoopbackServer, RecordedRequest
 
 _LOCATION = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _MODEL = _LOCATION + r"/models/(?P<model>[^/@:]+)(@(?P<version>[^/:]+))?"
 _ENDPOINT = _LOCATION + r"/endpoints/(?P<endpoint>[^/:]+)"
-
-
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
 
 
 @dataclass
