@@ -64,13 +64,16 @@ def main(argv: list[str] | None = None) -> None:
                           "e.g. nvidia.com/gpu.product with NVIDIA GPU feature discovery)")
     kfp.add_argument("--train-accelerator-type", default=DEFAULT_GKE_GPU,
                      help=f"that label's value on the training GPU nodes (default {DEFAULT_GKE_GPU})")
+    kfp.add_argument("--model-parallelism", type=int, default=0,
+                     help="models trained at once in a run with several models (default 0: all; 1 for a "
+                          "ReadWriteOnce volume claim, which one pod at a time can mount)")
     kfp.add_argument("--eval-accelerator-type", default=DEFAULT_GKE_GPU,
                      help=f"that label's value on the evaluation GPU nodes (default {DEFAULT_GKE_GPU})")
     args = parser.parse_args(argv)
     target = args.target
     if target == "kfp":
         target = KfpTarget(volume_claim=args.volume_claim, hf_token_secret=args.hf_token_kubernetes_secret,
-                           gpu_node_label=args.gpu_node_label,
+                           gpu_node_label=args.gpu_node_label, model_parallelism=args.model_parallelism,
                            gpu_types={"train_accelerator_type": args.train_accelerator_type,
                                       "eval_accelerator_type": args.eval_accelerator_type})
     path = compile_pipeline(args.output, args.base_image, args.trainer_image, target)

@@ -184,7 +184,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                     one_vm = train(prepared_data=prepared, recipe=model_recipe, model_id=model_id, overrides=settings,
                                    serving_mode=registered_weights, hf_token_secret=hf_token_secret,
                                    checkpoint_root=target_settings.checkpoint_root,
-                                   pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                                   pipeline_run=target_settings.run_id)
                     on_gpus(with_volume(with_token(one_vm)), train_accelerator_type, train_accelerator_count,
                             gpu_task_cpus, gpu_task_memory).set_retry(5)
                 with dsl.Else(name="train-as-custom-job"):  # train_nodes VMs, Spot or not
@@ -194,7 +194,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                         machine_type=train_machine_type, spot=train_on_spot, recipe=model_recipe, model_id=model_id,
                         overrides=settings, serving_mode=registered_weights, hf_token_secret=hf_token_secret,
                         encryption_key=encryption_key, network=network, service_account=service_account,
-                        tensorboard=tensorboard, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                        tensorboard=tensorboard, pipeline_run=target_settings.run_id,
                         project=target_settings.run_project, location=target_settings.run_location).set_retry(5)
                 # The branch that ran hands on its model by URI (kfp.local joins branches on parameters, not artifacts).
                 tuned_model = tuned_model_of(model_uri=dsl.OneOf(one_vm.outputs["Output"],
@@ -211,7 +211,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                         tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
                         model_name=entry["model_display_name"], recipe=model_recipe, overrides=settings,
                         base_model=model_id, data_fingerprint=data.outputs["Output"],
-                        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, serving_mode=registered_weights,
+                        pipeline_run=target_settings.run_id, serving_mode=registered_weights,
                         encryption_key=encryption_key, run_project=target_settings.run_project,
                         run_location=target_settings.run_location))
                     with dsl.If(deploy_endpoint != "", name="deploy-and-smoke-test"):

@@ -233,9 +233,23 @@ def submit_to_kfp(args: argparse.Namespace, spec: dict[str, Any], parameter_valu
     print(f"Submitted KFP run {run.run_id}")
     print(f"Console: {args.host.rstrip('/')}/#/runs/details/{run.run_id}")
     if args.wait:
-        finished = run.wait_for_run_completion()
-        print(f"Finished: {finished.state}")
+        state = wait_for_kfp_run(client, run.run_id)
+        print(f"Finished: {state}")
+        if state != "SUCCEEDED":
+            raise UserError(f"KFP run {run.run_id} ended {state}")
     return run
+
+
+KFP_FINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED")  # the KFP v2 API's RuntimeState
+
+
+def wait_for_kfp_run(client: Any, run_id: str, poll_seconds: float = 30.0) -> str:
+    """The run's final state. (``kfp.Client.wait_for_run_completion`` never returns for a cancelled run.)"""
+    import time
+
+    while (state := (client.get_run(run_id).state or "").upper()) not in KFP_FINAL_STATES:
+        time.sleep(poll_seconds)
+    return state
 
 
 def submit_to_vertex(args: argparse.Namespace, spec: dict[str, Any], parameter_values: dict[str, Any],

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kfp import dsl
+
 from components.common.errors import UserError, choices_error
 
 Target = Literal["vertex", "kfp", "local"]
@@ -50,6 +52,9 @@ class VertexTarget:
     checkpoint_root: str = ""
     # Models trained at once (0: all; each model's GPU tasks get their own machines).
     model_parallelism: int = 0
+    # What names this run for the steps that must find their own work again after a retry (checkpoints, the
+    # registered version): Vertex's job name is unique per run.
+    run_id: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
 
     def gpu(self, task, accelerator_type, accelerator_count, cpus, memory):
         # KFP 2.17's set_*_limit do not record their pipeline parameters as task inputs, so inside a dsl.If
@@ -99,7 +104,9 @@ class KfpTarget:
     run_project: str = ""
     run_location: str = ""
     checkpoint_root: str = VOLUME_PATH + "/checkpoints"
-    model_parallelism: int = 0
+    model_parallelism: int = 0  # 1 when the volume is ReadWriteOnce: one training pod mounts it at a time
+    # The run's ID: KFP's job name is the run's display name, which clones and recurring runs repeat.
+    run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
     def __post_init__(self) -> None:
         for flag, value in (("--volume-claim", self.volume_claim), ("--gpu-node-label", self.gpu_node_label),
@@ -151,6 +158,9 @@ class KfpTarget:
     def parameter_defaults(self) -> dict[str, Any]:
         return {
             **self.gpu_types,
+            # KFP sets only limits, so Kubernetes requests as much: below an a2-highgpu-1g node's allocatable.
+            "gpu_task_cpus": "8",
+            "gpu_task_memory": "60G",
             "registry_uri": VOLUME_PATH + "/registry",
             # Deploying is Vertex-only (refused here): no Vertex machine or GPU names in the KFP template.
             "deploy_machine_type": "",

@@ -117,6 +117,10 @@ def test_the_pipeline_fans_out_over_the_planned_models_and_collects_one_row_each
     assert collected.output_artifact_key == "pipelinechannel--model-result-model_result"
     loop_outputs = spec.components[loop.component_ref.name].output_definitions.artifacts
     assert loop_outputs["pipelinechannel--model-result-model_result"].is_artifact_list
+    # Each item is an object (STRUCT): a KFP backend hands a STRING-typed item to model-entry as JSON text.
+    item = spec.components[loop.component_ref.name].input_definitions.parameters[
+        "pipelinechannel--plan-models-Output-loop-item"]
+    assert item.parameter_type == pipeline_spec_pb2.ParameterType.STRUCT
 
 
 def test_every_model_reaches_the_table_registered_or_not(spec):

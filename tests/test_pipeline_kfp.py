@@ -128,7 +128,9 @@ def test_training_and_register_mount_the_volume_that_holds_checkpoints_and_the_r
     assert defaults["registry_uri"] == f"{VOLUME_PATH}/registry"
     train = _task_inputs(documents[0], "train")
     assert train["checkpoint_root"] == {"runtimeValue": {"constant": f"{VOLUME_PATH}/checkpoints"}}
-    assert train["pipeline_run"] == {"runtimeValue": {"constant": "{{$.pipeline_job_name}}"}}
+    # The run's ID, not its name: KFP's job name is the display name, which clones and recurring runs repeat.
+    assert train["pipeline_run"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    assert _task_inputs(documents[0], "register")["pipeline_run"] == train["pipeline_run"]
 
 
 def _task_inputs(compiled: dict, task_name: str) -> dict:
@@ -187,3 +189,18 @@ def test_empty_kfp_settings_are_refused(capsys):
 
     assert main(["--target", "kfp", "--volume-claim", " ", "--output", "unused.yaml"]) == 2
     assert "--volume-claim must not be empty" in capsys.readouterr().err
+
+
+def test_gpu_pods_fit_a_nodes_allocatable_and_a_single_attach_volume_can_train_one_model_at_a_time(spec, tmp_path):
+    defaults = {name: json_format.MessageToDict(p.default_value)
+                for name, p in spec.root.input_definitions.parameters.items()}
+    assert (defaults["gpu_task_cpus"], defaults["gpu_task_memory"]) == ("8", "60G")  # requests = limits on KFP
+
+    def loop_limit(compiled_spec) -> int:
+        [loop] = [task for component in compiled_spec.components.values() if component.HasField("dag")
+                  for task in component.dag.tasks.values() if task.HasField("parameter_iterator")]
+        return loop.iterator_policy.parallelism_limit
+
+    assert loop_limit(spec) == 0  # every model at once by default
+    one_at_a_time = compile_documents(tmp_path, "--target", "kfp", "--model-parallelism", "1")[0]
+    assert loop_limit(json_format.ParseDict(one_at_a_time, pipeline_spec_pb2.PipelineSpec())) == 1

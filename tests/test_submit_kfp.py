@@ -104,3 +104,11 @@ def test_each_target_needs_its_own_template_and_flags(kfp_api, kfp_template, tmp
     assert submit_module.main(["--template", str(kfp_template), "--host", kfp_api.endpoint]) == 2
     assert "--project is required with --target vertex" in capsys.readouterr().err
     assert kfp_api.requests == []
+
+
+@pytest.mark.parametrize("state", ["FAILED", "CANCELED"])
+def test_waiting_on_a_run_that_did_not_succeed_fails_the_command(kfp_api, kfp_template, capsys, state):
+    kfp_api.final_state = state
+    argv = ["--target", "kfp", "--host", kfp_api.endpoint, "--template", str(kfp_template), "--wait"]
+    assert submit_module.main(argv) == 2
+    assert f"KFP run run-1 ended {state}" in capsys.readouterr().err

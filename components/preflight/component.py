@@ -1,7 +1,7 @@
 """KFP wrappers of the parameter check and the model plan (no @dsl.component here: images are bound in
 pipelines/)."""
 
-from typing import NamedTuple
+from typing import List, NamedTuple
 
 
 def check_parameters_component(
@@ -70,7 +70,7 @@ def plan_models_component(
     recipe_settings: list,
     model_display_name: str,
     deploy_endpoint: str = "",
-) -> list:
+) -> List[dict]:  # typed items: each loop item reaches model-entry as an object, not as JSON text
     """The run's models, checked and completed (name, base_model, recipe, recipe_settings, model_display_name,
     endpoint_name): the list the pipeline fans out over. Empty ``models``: the one model of ``base_model`` and
     ``recipe``."""

@@ -1,8 +1,9 @@
 """A loopback stand-in for the Kubeflow Pipelines v2 REST API (``/apis/v2beta1``), recording what kfp.Client sends.
 
-It answers exactly what ``kfp.Client(host=...).create_run_from_pipeline_package`` and ``wait_for_run_completion``
+It answers exactly what ``kfp.Client(host=...).create_run_from_pipeline_package`` and ``get_run``
 call: the health check, experiments listed by a ``display_name`` EQUALS filter and created, runs created (the
-pipeline spec inline) and read back. A created run reads back as ``SUCCEEDED``.
+pipeline spec inline) and read back. A created run reads back as ``final_state`` (``SUCCEEDED`` unless a test sets
+another).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class FakeKfp(LoopbackServer):
 
     def __init__(self) -> None:
         self._state = state = _State()
+        self.final_state = "SUCCEEDED"  # what a created run reads back as
+        fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -87,7 +90,7 @@ class FakeKfp(LoopbackServer):
                     run = state.runs.get(path.rsplit("/", 1)[1])
                     if run is None:
                         return 404, {"error": "run not found", "code": 5}
-                    return 200, {**run, "state": "SUCCEEDED", "finished_at": "2026-12-06T01:00:00Z"}
+                    return 200, {**run, "state": fake.final_state, "finished_at": "2026-12-06T01:00:00Z"}
                 return 404, {"error": f"fake KFP: no route for {method} {path}", "code": 5}
 
             def do_GET(self) -> None:
