@@ -241,3 +241,37 @@ def test_several_models_on_vertex_without_a_table_name_the_failed_step_and_inven
         tasks = tasks_from_vertex(job, api_endpoint=vertex.endpoint, credentials=AnonymousCredentials())
     summary = build_summary("FAILED", tasks)
     assert summary.failed_task == "tuned-eval" and summary.models == []
+
+
+def detail(task_id: int, parent: int, name: str, state: str = "SUCCEEDED", artifacts: dict | None = None,
+           parameters: dict | None = None) -> dict:
+    """One PipelineTaskDetail as the REST API returns it: output parameters live in the execution's metadata."""
+    return {"taskId": str(task_id), "parentTaskId": str(parent), "taskName": name, "state": state,
+            "outputs": {key: {"artifacts": [{"metadata": value}]} for key, value in (artifacts or {}).items()},
+            "execution": {"metadata": {f"output:{key}": value for key, value in (parameters or {}).items()}}}
+
+
+def test_several_models_on_vertex_are_told_apart_by_the_dag_holding_each_model_entry():
+    job = "projects/p/locations/europe-west4/pipelineJobs/medgemma-grpo-3"
+    planned = [entry("medgemma-4b"), entry("gemma-3-4b")]
+    details = [
+        detail(1, 0, "exit-handler-1"), detail(2, 1, "check-parameters", parameters={"Output": "one-vm"}),
+        detail(3, 1, "plan-models", parameters={"Output": planned}), detail(4, 1, "each-model"),
+        # The second model's iteration first: the summary keeps plan-models' order.
+        detail(20, 4, "each-model"), detail(21, 20, "model-entry", parameters=entry("gemma-3-4b")),
+        detail(22, 20, "compare", artifacts={"comparison_metrics": {**COMPARISON, "passes_gate": 0.0}}),
+        detail(23, 20, "tuned-eval", state="FAILED"),
+        detail(10, 4, "each-model"), detail(11, 10, "model-entry", parameters=entry("medgemma-4b")),
+        detail(12, 10, "compare", artifacts={"comparison_metrics": COMPARISON}),
+        detail(13, 10, "condition-branches-6"), detail(14, 13, "gate-passed"),
+        detail(15, 14, "register", artifacts={"registered_model": REGISTRATION}),
+    ]
+    with FakeVertex() as vertex:
+        vertex.state.pipeline_jobs["medgemma-grpo-3"] = {"name": job, "jobDetail": {"taskDetails": details}}
+        tasks = tasks_from_vertex(job, api_endpoint=vertex.endpoint, credentials=AnonymousCredentials())
+    summary = build_summary("FAILED", tasks)
+    assert [model.name for model in summary.models] == ["medgemma-4b", "gemma-3-4b"]
+    medgemma, gemma = summary.models
+    assert medgemma.registered and medgemma.registered_version == "2" and medgemma.base_model == "google/medgemma-4b-it"
+    assert gemma.passes_gate is False and not gemma.registered
+    assert (summary.failed_task, summary.failed_model) == ("tuned-eval", "gemma-3-4b")

@@ -6,8 +6,8 @@ deployed, the endpoint and the smoke test's numbers.
 The pipeline's exit task builds it; it cannot take the steps' outputs as inputs (KFP forbids an exit task
 any dependency), so it reads what each step recorded as its artifacts' metadata: on Vertex from the
 PipelineJob's task details, under kfp.local from the run folder (``<run>/<task>/executor_output.json``). The
-per-model numbers come from each model's steps; where those cannot be told apart (several models on Vertex),
-from the results table's task.
+per-model numbers come from each model's steps; where those cannot be told apart, from the results table's
+task.
 """
 
 from __future__ import annotations
@@ -79,33 +79,72 @@ def tasks_from_local_run(run_dir: str | Path) -> RunTasks:
 
 
 def tasks_from_vertex(job_resource_name: str, *, api_endpoint: str | None = None, credentials: Any = None) -> RunTasks:
-    """The PipelineJob's task details: each task's state and its output artifacts' metadata.
+    """The PipelineJob's task details: each task's state, its output artifacts' metadata and its output
+    parameters (Vertex keeps them in the task's execution metadata as ``output:<name>``).
 
-    A model's steps appear once per model; with one model they form its branch. With several, the per-model
-    numbers come from the results table's task (which has them all), and a step that failed is named by task.
+    A model's steps appear once per model. Each model's branch is the set of tasks under the DAG that holds its
+    ``model-entry`` task (``parent_task_id``); where the branches cannot be told apart that way, one model's steps
+    are its branch, and with several the failed step is still named while the per-model numbers come from the
+    results table's task.
     """
     from google.cloud import aiplatform
 
     parts = job_resource_name.split("/")  # projects/P/locations/L/pipelineJobs/J
     init_vertex(parts[1], parts[3], api_endpoint, credentials)
     job = aiplatform.PipelineJob.get(job_resource_name)
-    run: dict[str, TaskResult] = {}
-    per_model: dict[str, list[TaskResult]] = {}
-    for detail in job.task_details:
-        detail = type(detail).to_dict(detail, use_integers_for_enums=False)
+    details = [type(detail).to_dict(detail, use_integers_for_enums=False) for detail in job.task_details]
+    tasks = {}
+    for detail in details:
         artifacts = {name: (entry.get("artifacts") or [{}])[0].get("metadata") or {}
                      for name, entry in (detail.get("outputs") or {}).items()}
-        task = TaskResult(detail.get("state") or "STATE_UNSPECIFIED", artifacts)
-        if detail["task_name"] in MODEL_STEPS:
-            per_model.setdefault(detail["task_name"], []).append(task)
-        else:
-            run[detail["task_name"]] = task
-    if all(len(tasks) == 1 for tasks in per_model.values()):
-        return RunTasks(run, [{name: tasks[0] for name, tasks in per_model.items()}] if per_model else [])
+        metadata = (detail.get("execution") or {}).get("metadata") or {}
+        parameters = {key.removeprefix("output:"): value for key, value in metadata.items() if key.startswith("output:")}
+        tasks[id(detail)] = TaskResult(detail.get("state") or "STATE_UNSPECIFIED", artifacts, parameters)
+    run = {detail["task_name"]: tasks[id(detail)] for detail in details if detail["task_name"] not in MODEL_STEPS}
+    in_models = [detail for detail in details if detail["task_name"] in MODEL_STEPS]
+    if branches := _branches_by_parent(details, in_models, tasks):
+        return RunTasks(run, _in_planned_order(branches, run.get("plan-models")))
+    per_model: dict[str, list[TaskResult]] = {}
+    for detail in in_models:
+        per_model.setdefault(detail["task_name"], []).append(tasks[id(detail)])
+    if all(len(found) == 1 for found in per_model.values()):
+        return RunTasks(run, [{name: found[0] for name, found in per_model.items()}] if per_model else [])
     # Several models: each step by name, a failed one first, so that the failed step is still named.
-    failed_first = {name: min(tasks, key=lambda task: task.state in (SUCCEEDED, "SKIPPED"))
-                    for name, tasks in per_model.items()}
+    failed_first = {name: min(found, key=lambda task: task.state in (SUCCEEDED, "SKIPPED"))
+                    for name, found in per_model.items()}
     return RunTasks(run, [], failed_first)
+
+
+def _in_planned_order(branches: list[dict[str, TaskResult]], plan: TaskResult | None) -> list[dict[str, TaskResult]]:
+    """The branches in the order plan-models listed the models (its output parameter), where it recorded one."""
+    planned = plan.parameters.get("Output") if plan is not None else None
+    planned = json.loads(planned) if isinstance(planned, str) else planned
+    names = [entry.get("name") for entry in planned if isinstance(entry, dict)] if isinstance(planned, list) else []
+
+    def position(branch: dict[str, TaskResult]) -> int:
+        name = branch["model-entry"].parameters.get("name") if "model-entry" in branch else None
+        return names.index(name) if name in names else len(names)
+
+    return sorted(branches, key=position)
+
+
+def _branches_by_parent(details: list[dict[str, Any]], in_models: list[dict[str, Any]],
+                        tasks: dict[int, TaskResult]) -> list[dict[str, TaskResult]]:
+    """Each model's tasks, grouped under the DAG holding its model-entry task, in model-entry order; [] when the
+    details do not tell the models apart (no parent IDs, or several model-entry tasks under one parent)."""
+    parent_of = {detail.get("task_id"): detail.get("parent_task_id") for detail in details}
+    roots = [detail.get("parent_task_id") for detail in in_models if detail["task_name"] == "model-entry"]
+    if len(roots) < 2 or None in roots or len(set(roots)) != len(roots):
+        return []
+    branches: list[dict[str, TaskResult]] = [{} for _ in roots]
+    for detail in in_models:
+        ancestor, seen = detail.get("parent_task_id"), set()
+        while ancestor is not None and ancestor not in roots and ancestor not in seen:
+            seen.add(ancestor)
+            ancestor = parent_of.get(ancestor)
+        if ancestor in roots:
+            branches[roots.index(ancestor)][detail["task_name"]] = tasks[id(detail)]
+    return branches
 
 
 def _interval(metadata: dict[str, Any], low: str, high: str) -> list[float] | None:
