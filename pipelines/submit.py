@@ -45,13 +45,14 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: make `compo
 
 from components.common.errors import UserError, choices_error, cli_main  # noqa: E402
 from components.common.secrets import looks_like_token, secret_version_name  # noqa: E402
+from components.preflight.core import TARGETS as ALL_TARGETS  # noqa: E402
 
 DEFAULT_TEMPLATE = REPO_ROOT / "medgemma_grpo_pipeline.yaml"  # what `python pipelines/compile.py` writes
 HF_TOKEN_SECRET_PARAMETER = "hf_token_secret"
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
-TARGETS = ("vertex", "kfp")
+TARGETS = tuple(target for target in ALL_TARGETS if target != "local")  # kfp.local runs via run_local.py
 # Flags only Vertex AI Pipelines understands; a KFP submission refuses them. Each target's own required flags.
 VERTEX_ONLY_FLAGS = ("project", "region", "encryption_key", "network", "labels", "job_id", "api_endpoint")
 KFP_ONLY_FLAGS = ("host", "experiment", "namespace")

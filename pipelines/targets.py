@@ -21,9 +21,9 @@ from typing import Any, Literal
 from kfp import dsl
 
 from components.common.errors import UserError, choices_error
+from components.preflight.core import TARGETS, check_kfp_parameters
 
-Target = Literal["vertex", "kfp", "local"]
-TARGETS: tuple[str, ...] = ("vertex", "kfp", "local")
+Target = Literal["vertex", "kfp", "local"]  # TARGETS (the check-parameters task's list), as a type
 
 # Vertex fills these in for the task that receives them; kfp.local and self-hosted KFP do not know them.
 RUN_PROJECT = "{{$.pipeline_google_cloud_project_id}}"
@@ -178,13 +178,11 @@ def target_settings(target: str | TargetSettings) -> TargetSettings:
         return target
     if target not in TARGETS:
         raise choices_error("target", target, TARGETS)
-    return {"vertex": VertexTarget, "kfp": KfpTarget, "local": LocalTarget}[target]()
+    return {settings.name: settings for settings in (VertexTarget, KfpTarget, LocalTarget)}[target]()
 
 
 def check_defaults(settings: TargetSettings, defaults: dict[str, Any]) -> None:
     """Refuse, at compile time, compiled defaults the target cannot run (the check-parameters task's rules)."""
     if settings.name != "kfp":
         return
-    from components.preflight.core import check_kfp_parameters
-
     check_kfp_parameters(defaults, settings.gpu_types, VOLUME_PATH)

@@ -102,6 +102,7 @@ def test_on_kfp_node_labels_and_a_folder_on_the_volume_train_on_one_vm():
     ({"registry_uri": "vertex://"}, "registry_uri: the Vertex AI Model Registry is not used from self-hosted KFP"),
     ({"registry_uri": "/tmp/registry"}, "registry_uri: '/tmp/registry' is not under /mnt/medgemma-grpo"),
     ({"registry_uri": "/mnt/medgemma-grpo-other"}, "registry_uri: '/mnt/medgemma-grpo-other' is not under"),
+    ({"registry_uri": "/mnt/medgemma-grpo/../registry"}, "registry_uri: '/mnt/medgemma-grpo/../registry' is not under"),
     ({"deploy_endpoint": "e"}, "deploy_endpoint: deploying goes to a Vertex AI endpoint"),
     ({"eval_accelerator_type": "NVIDIA_L4"}, "eval_accelerator_type: this KFP pipeline was compiled to place the "
                                             "task on nodes labelled 'nvidia-l4', got 'NVIDIA_L4'; recompile with "

@@ -7,8 +7,10 @@ On a self-hosted KFP cluster (``target="kfp"``) what only Vertex has is refused 
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 from components.common.errors import UserError, choices_error
@@ -55,7 +57,7 @@ def check_kfp_parameters(values: Mapping[str, Any], gpu_types: Mapping[str, str]
     if registry_uri.startswith("vertex://"):
         raise UserError(f"registry_uri: the Vertex AI Model Registry is not used from self-hosted KFP; give a folder "
                         f"under {volume_path} (the volume the register step mounts)")
-    if not (registry_uri + "/").startswith(volume_path.rstrip("/") + "/"):
+    if not PurePosixPath(posixpath.normpath(registry_uri)).is_relative_to(volume_path):  # "/mnt/v/../x" is not
         raise UserError(f"registry_uri: {registry_uri!r} is not under {volume_path}, the volume the register step "
                         "mounts; a folder elsewhere is lost with the task's pod")
     if values.get("deploy_endpoint"):
