@@ -231,6 +231,6 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                                       tuned_evaluation=tuned.outputs["evaluation"],
                                       comparison=gate.outputs["comparison"],
                                       registered=dsl.OneOf(registered.outputs["Output"], unregistered.output))
-            results_table(model_results=dsl.Collected(result.outputs["model_result"]))
+            results_table(model_results=dsl.Collected(result.outputs["model_result"]), planned_models=planned.output)
 
     return medgemma_grpo

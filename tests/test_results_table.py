@@ -132,6 +132,13 @@ def test_registered_version_of_each_registry():
     assert registered_version("/somewhere/else") is None
 
 
+def test_rows_follow_the_planned_order_whatever_order_they_were_collected_in(tmp_path, two_models):
+    table = write_results_table(list(reversed(two_models)), tmp_path / "t", order=["medgemma-4b", "gemma-3-4b"])
+    assert [m.name for m in table.models] == ["medgemma-4b", "gemma-3-4b"]
+    with pytest.raises(UserError, match="model results for 'gemma-3-4b', which the run did not plan"):
+        write_results_table(two_models, tmp_path / "u", order=["medgemma-4b"])
+
+
 def test_table_json_markdown_and_html_show_every_model_in_order_with_both_labelled_scores(tmp_path, two_models):
     table = write_results_table(two_models, tmp_path / "table")
     assert [m.name for m in table.models] == ["medgemma-4b", "gemma-3-4b"]

@@ -43,9 +43,10 @@ def results_table_component(
     table: Output[Markdown],
     table_html: Output[HTML],
     table_json: Output[Artifact],
+    planned_models: list = [],  # noqa: B006 (plan-models' output: the rows' order)
 ):
-    """The run's results table, one row per model in the loop's order: Markdown and HTML for the Vertex UI,
-    JSON (table.json) for programs."""
+    """The run's results table, one row per model in the order plan-models listed them: Markdown and HTML for
+    the Vertex UI, JSON (table.json) for programs."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -56,7 +57,8 @@ def results_table_component(
 
     with tempfile.TemporaryDirectory() as workdir:
         with exit_on_user_error():
-            result = write_results_table([artifact.path for artifact in model_results], workdir)
+            result = write_results_table([artifact.path for artifact in model_results], workdir,
+                                         order=[model["name"] for model in planned_models])
         for source, target in ((TABLE_MARKDOWN, table.path), (TABLE_HTML, table_html.path),
                                (TABLE_JSON, table_json.path)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)

@@ -262,9 +262,16 @@ def render_html(table: ResultsTable) -> str:
     )
 
 
-def write_results_table(model_result_paths: Sequence[str | Path], output_dir: str | Path) -> ResultsTable:
-    """Join the model results (in the order given) into ``output_dir``/table.json, table.md and table.html."""
+def write_results_table(model_result_paths: Sequence[str | Path], output_dir: str | Path,
+                        order: Sequence[str] = ()) -> ResultsTable:
+    """Join the model results into ``output_dir``/table.json, table.md and table.html: in ``order`` (model names;
+    the run's plan, since a collected list need not keep the loop's order), else in the order given."""
     table = read_model_results(model_result_paths)
+    if order:
+        unplanned = [model.name for model in table.models if model.name not in order]
+        if unplanned:
+            raise UserError(f"model results for {', '.join(map(repr, unplanned))}, which the run did not plan")
+        table = ResultsTable(models=sorted(table.models, key=lambda model: list(order).index(model.name)))
     output_dir = Path(output_dir)
     write_document(output_dir / TABLE_JSON, table)
     (output_dir / TABLE_MARKDOWN).write_text(render_markdown(table), encoding="utf-8")
