@@ -135,9 +135,12 @@ def test_compile_step_builds_a_template_that_runs_the_images_just_pushed(tmp_pat
     result = _run_step("compile", tmp_path, as_base_image=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
-    spec = next(yaml.safe_load_all((tmp_path / "cloudbuild-out" / "pipeline.yaml").read_text()))
-    images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
-    assert images == {trainer, base}
+    for template in ("pipeline.yaml", "pipeline-kfp.yaml"):  # Vertex's, and self-hosted KFP's
+        spec = next(yaml.safe_load_all((tmp_path / "cloudbuild-out" / template).read_text()))
+        images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
+        assert images == {trainer, base}
+    kfp_documents = list(yaml.safe_load_all((tmp_path / "cloudbuild-out" / "pipeline-kfp.yaml").read_text()))
+    assert "kubernetes" in kfp_documents[1]["platforms"]
 
 
 def test_submit_step_is_skipped_unless_asked(tmp_path):
