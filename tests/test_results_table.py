@@ -36,13 +36,14 @@ STRICT_IN_MARKDOWN = r"strict: one \<answer\> tag; what the reward and the gate 
 NOTEBOOK_IN_MARKDOWN = r"notebook's rule: text after the last \<answer\>; reported only"
 
 
-def write_evaluation(folder: Path, model: str, strict_right: int, bare_letters: int, adapter: str | None = None) -> Path:
+def write_evaluation(folder: Path, model: str, strict_right: int, bare_letters: int, adapter: str | None = None,
+                     first_id: int = 0) -> Path:
     """An evaluate output folder as the evaluate step writes it (its own summarize() and schema): the first
     ``strict_right`` questions answered in the format and right; the next ``bare_letters`` a bare right letter
     (right for the notebook's rule only); the rest in the format and wrong."""
     rows, predictions = [], []
     for i in range(N_QUESTIONS):
-        qid = f"q{i:02d}"
+        qid = f"q{first_id + i:02d}"
         rows.append({"id": qid, "prompt": [], "answer": "A", "letters": ["A", "B", "C", "D"]})
         formatted = not strict_right <= i < strict_right + bare_letters
         extracted = None if not formatted else "A" if i < strict_right else "B"
@@ -55,10 +56,12 @@ def write_evaluation(folder: Path, model: str, strict_right: int, bare_letters: 
     return folder
 
 
-def make_model_run(root: Path, model: str, baseline_right: int, tuned_right: int, bare_letters: int = 4) -> dict:
+def make_model_run(root: Path, model: str, baseline_right: int, tuned_right: int, bare_letters: int = 4,
+                   first_id: int = 0) -> dict:
     """One model's baseline and tuned evaluations and their real comparison (gate: margin 0, alpha 0.05)."""
-    baseline = write_evaluation(root / "baseline", model, baseline_right, bare_letters)
-    tuned = write_evaluation(root / "tuned", model, tuned_right, bare_letters, adapter=str(root / "adapter"))
+    baseline = write_evaluation(root / "baseline", model, baseline_right, bare_letters, first_id=first_id)
+    tuned = write_evaluation(root / "tuned", model, tuned_right, bare_letters, adapter=str(root / "adapter"),
+                             first_id=first_id)
     comparison = compare_evaluations(baseline, tuned, root / "compare")
     return {"baseline": baseline, "tuned": tuned, "compare": root / "compare", "comparison": comparison}
 
@@ -130,6 +133,21 @@ def test_registered_version_of_each_registry():
     assert registered_version("gs://bucket/registry/medgemma-grpo/versions/3") == "3"
     assert registered_version("projects/p/locations/us-central1/models/123") is None
     assert registered_version("/somewhere/else") is None
+
+
+def test_the_table_says_whether_every_model_answered_the_same_test_questions(tmp_path, two_models):
+    same = write_results_table(two_models, tmp_path / "same")
+    assert same.models[0].test_questions == same.models[1].test_questions is not None
+    note = f"Every model was evaluated on the same {N_QUESTIONS} test questions ({same.models[0].test_questions})."
+    assert note in (tmp_path / "same" / "table.md").read_text() and note in (tmp_path / "same" / "table.html").read_text()
+
+    other = make_model_run(tmp_path / "other", "other", baseline_right=10, tuned_right=30, first_id=100)
+    path = tmp_path / "results" / "other" / "model_result.json"
+    collect_model_result("other", "other/model", "tiny-cpu", other["baseline"], other["tuned"], other["compare"], "",
+                         path)
+    mixed = (tmp_path / "mixed").joinpath("table.md")
+    write_results_table([*two_models, path], mixed.parent)
+    assert "evaluated on different test questions" in mixed.read_text() and "Every model" not in mixed.read_text()
 
 
 def test_rows_follow_the_planned_order_whatever_order_they_were_collected_in(tmp_path, two_models):

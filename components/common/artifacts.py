@@ -248,6 +248,8 @@ class ModelResult(_Document):
     passes_gate: bool
     registered: str | None = None  # the version's resource name (Vertex) or folder (file registry); None: not registered
     registered_version: str | None = None
+    # The evaluated test questions (a digest of their ids): rows compare across models only when it is the same.
+    test_questions: str | None = None
 
 
 class ResultsTable(_Document):

@@ -8,6 +8,7 @@ that model's two evaluations, its comparison and its registration to one model_r
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import math
@@ -23,9 +24,11 @@ from components.common.artifacts import (
     EvaluationMetrics,
     EvaluationScores,
     ModelResult,
+    Prediction,
     ResultsTable,
     artifact_file,
     read_document,
+    read_rows,
     validation_message,
     write_document,
 )
@@ -34,6 +37,7 @@ from components.common.errors import UserError
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"  # evaluate's
+PREDICTIONS_FILE = "predictions.jsonl"  # evaluate's, next to its metrics.json
 COMPARISON_FILE = "comparison.json"  # compare's
 MODEL_RESULT_FILE = "model_result.json"
 TABLE_JSON = "table.json"
@@ -57,6 +61,23 @@ def registered_version(resource_name: str) -> str | None:
         if match:
             return match.group("version")
     return None
+
+
+def test_questions_digest(predictions_path: Path) -> str:
+    """A short digest of the question ids an evaluation covered (its predictions.jsonl), order and samples aside."""
+    ids = sorted({row.id for row in read_rows(Prediction, predictions_path)})
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def test_questions_note(table: ResultsTable) -> str | None:
+    """Whether the rows can be compared with each other: the same test questions for every model, or not."""
+    digests = {model.test_questions for model in table.models}
+    if len(table.models) < 2 or None in digests:
+        return None
+    if len(digests) == 1:
+        return f"Every model was evaluated on the same {table.models[0].n} test questions ({digests.pop()})."
+    return ("The models were evaluated on different test questions (see n and each model's data prep): compare "
+            "baseline and tuned within a row, not accuracies across rows.")
 
 
 def _scores(metrics: EvaluationMetrics) -> EvaluationScores:
@@ -116,6 +137,7 @@ def collect_model_result(
     _check_same_evaluation(paired, comparison_path, tuned, tuned_path, "tuned")
     if registered and not paired.passes_gate:
         raise UserError(f"registered is {registered!r}, but {comparison_path} says the tuned model failed the gate")
+    predictions = baseline_path.with_name(PREDICTIONS_FILE)
     result = ModelResult(
         name=name,
         base_model=base_model,
@@ -131,6 +153,7 @@ def collect_model_result(
         passes_gate=paired.passes_gate,
         registered=registered or None,
         registered_version=registered_version(registered) if registered else None,
+        test_questions=test_questions_digest(predictions) if predictions.is_file() else None,
     )
     write_document(output, result)
     log.info("model %s: strict %.4f -> %.4f (delta %+.4f, p=%.3g), gate %s, registered %s", name,
@@ -232,6 +255,8 @@ def render_markdown(table: ResultsTable) -> str:
     ]
     lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table_rows(table)]
     lines += ["", _markdown_cell(FORMAT_RATE_NOTE), "", _markdown_cell(GATE_NOTE), ""]
+    if note := test_questions_note(table):
+        lines += [_markdown_cell(note), ""]
     return "\n".join(lines)
 
 
@@ -258,7 +283,9 @@ def render_html(table: ResultsTable) -> str:
         f"<h1>{e(TITLE)}</h1>\n"
         f"<ul>\n<li>{e(STRICT_LABEL)}</li>\n<li>{e(NOTEBOOK_LABEL)}</li>\n</ul>\n"
         f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-        f"<p>{e(FORMAT_RATE_NOTE)}</p>\n<p>{e(GATE_NOTE)}</p>\n</body>\n</html>\n"
+        f"<p>{e(FORMAT_RATE_NOTE)}</p>\n<p>{e(GATE_NOTE)}</p>\n"
+        + (f"<p>{e(note)}</p>\n" if (note := test_questions_note(table)) else "")
+        + "</body>\n</html>\n"
     )
 
 
