@@ -6,24 +6,15 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from builders import passed_comparison
 from fakes.loopback import LoopbackServer
 
-from components.common.artifacts import Comparison, write_document
+from components.common.artifacts import write_document
 from components.common.errors import UserError
 from components.deploy.chat import ChatClient, OpenAIServer
 from components.deploy.core import DeploymentSpec, deploy_model, rollback, share_traffic, split_without
 from components.deploy.smoke_test import SmokeTestFailed, run_prompts, smoke_test
 from components.register.core import register_model
-
-
-def passed_comparison(baseline_accuracy: float, tuned_accuracy: float) -> Comparison:
-    """A comparison.json that passed the gate (register needs one to register a version)."""
-    return Comparison(model="base", tuned_model="tuned", baseline_accuracy=baseline_accuracy,
-                      tuned_accuracy=tuned_accuracy, delta=tuned_accuracy - baseline_accuracy, delta_ci_low=0.01,
-                      delta_ci_high=0.4, test="mcnemar_exact", p_value=0.001, favours="tuned", passes_gate=True,
-                      margin=0.0, alpha=0.05, n=20, samples_per_question={"baseline": 1, "tuned": 1},
-                      questions_baseline_better=0, questions_tuned_better=5,
-                      bootstrap={"resamples": 10, "seed": 0, "confidence": 0.95})
 
 
 def serving_available() -> bool:

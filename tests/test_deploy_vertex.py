@@ -8,11 +8,12 @@ import json
 import logging
 
 import pytest
+from builders import passed_comparison
 from fakes.vertex import FakeVertex
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.aiplatform_v1.types import AcceleratorType
 
-from components.common.artifacts import Comparison, write_document
+from components.common.artifacts import write_document
 from components.common.errors import UserError
 from components.deploy.core import Deployment, DeploymentSpec, deploy_model
 from components.deploy.smoke_test import SmokeTestFailed, smoke_test
@@ -22,16 +23,6 @@ PROJECT, LOCATION = "test-project", "us-central1"
 REGISTRY = f"vertex://projects/{PROJECT}/locations/{LOCATION}"
 MODEL = f"projects/{PROJECT}/locations/{LOCATION}/models/1000"
 QUESTION_TEXT = "A 23-year-old pregnant woman at 22 weeks gestation presents with burning upon urination"
-
-
-def passed_comparison(baseline_accuracy: float, tuned_accuracy: float) -> Comparison:
-    """A comparison.json that passed the gate (register needs one to register a version)."""
-    return Comparison(model="base", tuned_model="tuned", baseline_accuracy=baseline_accuracy,
-                      tuned_accuracy=tuned_accuracy, delta=tuned_accuracy - baseline_accuracy, delta_ci_low=0.01,
-                      delta_ci_high=0.4, test="mcnemar_exact", p_value=0.001, favours="tuned", passes_gate=True,
-                      margin=0.0, alpha=0.05, n=20, samples_per_question={"baseline": 1, "tuned": 1},
-                      questions_baseline_better=0, questions_tuned_better=5,
-                      bootstrap={"resamples": 10, "seed": 0, "confidence": 0.95})
 
 
 @pytest.fixture
