@@ -121,7 +121,7 @@ def test_errors_and_garbage_from_a_server_are_counted_in_one_line_each():
 def test_local_smoke_test_serves_the_registered_model_and_rolls_back_a_broken_one(
         tmp_path, warm_tiny_model_dir, tiny_model_dir, prepared_demo_dir):
     good = deploy_model(register(tmp_path, warm_tiny_model_dir, "run-good"), DeploymentSpec(endpoint_name="local"))
-    (tmp_path / "good.json").write_text(json.dumps(good.to_dict()))
+    (tmp_path / "good.json").write_text(good.model_dump_json())
     report = smoke_test(tmp_path / "good.json", prepared_demo_dir, tmp_path / "smoke-good", recipe="tiny-cpu",
                         prompts=6, min_format_rate=0.5)
     assert (report["n"], report["answered"], report["errors"]) == (6, 6, 0)
@@ -136,7 +136,7 @@ def test_local_smoke_test_serves_the_registered_model_and_rolls_back_a_broken_on
     # The random-init model answers garbage: the smoke test fails and the endpoint goes back to the good one.
     broken = deploy_model(register(tmp_path, tiny_model_dir, "run-broken"),
                           DeploymentSpec(endpoint_name="local", traffic_percentage=100))
-    (tmp_path / "broken.json").write_text(json.dumps(broken.to_dict()))
+    (tmp_path / "broken.json").write_text(broken.model_dump_json())
     with pytest.raises(SmokeTestFailed, match=r"format rate 0\.\d+ is below min_format_rate 0\.5 .*rolled back"):
         smoke_test(tmp_path / "broken.json", prepared_demo_dir, tmp_path / "smoke-broken", recipe="tiny-cpu",
                    prompts=4, min_format_rate=0.5)
@@ -149,7 +149,7 @@ def test_a_local_server_that_cannot_start_fails_the_smoke_test_and_rolls_back(tm
                          DeploymentSpec(endpoint_name="local"))
     second = deploy_model(register(tmp_path, fake_merged_model(tmp_path / "m2"), "run-2"),  # config.json "{}"
                           DeploymentSpec(endpoint_name="local"))
-    (tmp_path / "second.json").write_text(json.dumps(second.to_dict()))
+    (tmp_path / "second.json").write_text(second.model_dump_json())
     with pytest.raises(SmokeTestFailed) as failure:
         smoke_test(tmp_path / "second.json", prepared_demo_dir, tmp_path / "smoke", recipe="tiny-cpu", prompts=2)
     message = str(failure.value)

@@ -13,9 +13,9 @@ from fakes.vertex import FakeVertex
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.aiplatform_v1.types import AcceleratorType
 
-from components.common.artifacts import write_document
+from components.common.artifacts import Deployment, write_document
 from components.common.errors import UserError
-from components.deploy.core import Deployment, DeploymentSpec, deploy_model
+from components.deploy.core import DeploymentSpec, deploy_model, load_deployment, write_deployment
 from components.deploy.smoke_test import SmokeTestFailed, smoke_test
 from components.register.core import register_model
 
@@ -67,7 +67,7 @@ def chat_completion(text):
 
 def run_smoke_test(vertex, tmp_path, deployment, **kwargs):
     path = tmp_path / "deployment.json"
-    path.write_text(json.dumps(deployment.to_dict()))
+    path.write_text(deployment.model_dump_json())
     return smoke_test(path, write_test_data(tmp_path), tmp_path / "smoke", recipe="tiny-cpu",
                       api_endpoint=vertex.endpoint, credentials=AnonymousCredentials(), **kwargs)
 
@@ -216,7 +216,7 @@ def test_cli_smoke_test_failure_is_one_line_and_exit_2(vertex, tmp_path, capsys,
     # The CLI uses Application Default Credentials, as on Vertex; here they are anonymous.
     monkeypatch.setattr(google.auth, "default", lambda *args, **kwargs: (AnonymousCredentials(), PROJECT))
     deployment = deploy(vertex, register(vertex, tmp_path, "run-1"))
-    (tmp_path / "deployment.json").write_text(json.dumps(deployment.to_dict()))
+    (tmp_path / "deployment.json").write_text(deployment.model_dump_json())
     vertex.answer_predictions_with(lambda instance, deployed: {"not": "a chat completion"})
     argv = ["smoke-test", str(tmp_path / "deployment.json"), str(write_test_data(tmp_path)), "--output-dir",
             str(tmp_path / "out"), "--recipe", "tiny-cpu", "--prompts", "2", "--api-endpoint", vertex.endpoint]
@@ -229,7 +229,13 @@ def test_cli_smoke_test_failure_is_one_line_and_exit_2(vertex, tmp_path, capsys,
 def test_deployment_record_round_trips(tmp_path):
     record = Deployment(backend="file", endpoint="/e", endpoint_name="e", deployed_model_id="1", model="/m",
                         model_uri="/m/model", traffic_split={"1": 100}, previous_traffic_split={}, created=True)
-    (tmp_path / "deployment.json").write_text(json.dumps(record.to_dict()))
-    assert Deployment.load(tmp_path) == record
+    write_deployment(record, tmp_path)
+    assert load_deployment(tmp_path) == record
     with pytest.raises(UserError, match="deployment: .* not found"):
-        Deployment.load(tmp_path / "missing")
+        load_deployment(tmp_path / "missing")
+    # Strict, like every document between steps: a string where a count belongs names the field.
+    bad = record.model_dump(mode="json") | {"traffic_split": {"1": "100"}}
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "deployment.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match=r"deployment.json: field 'traffic_split.1': expected an integer"):
+        load_deployment(tmp_path / "bad")

@@ -151,6 +151,22 @@ class RegistrationRecord(_Document):
     champion_decision: ChampionDecision | None = None
 
 
+class Deployment(_Document):
+    """deploy's deployment.json: a version on an endpoint, and the traffic split it found there (what the smoke
+    test's rollback restores)."""
+
+    backend: Literal["file", "vertex"]
+    endpoint: str  # Vertex endpoint resource name, or the folder endpoint's directory
+    endpoint_name: str
+    deployed_model_id: str
+    model: str  # the registered version (resource name or version folder)
+    model_uri: str  # the model files (a folder endpoint serves them)
+    traffic_split: dict[str, int]
+    previous_traffic_split: dict[str, int]
+    created: bool
+    spec: dict[str, Any] = Field(default_factory=dict)  # the DeploymentSpec it was deployed with
+
+
 class SmokeTestNumbers(_Strict):
     """The deploy smoke test's numbers in the run summary (counts and timings only)."""
 

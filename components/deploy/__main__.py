@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 
+from components.common.artifacts import write_document
 from components.common.errors import cli_main
 from components.deploy.core import DeploymentSpec, deploy_model
 from components.deploy.smoke_test import smoke_test
@@ -58,11 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             accelerator_count=args.accelerator_count, min_replica_count=args.min_replica_count,
             max_replica_count=args.max_replica_count, traffic_percentage=args.traffic_percentage,
         )
-        result = deploy_model(args.registered_model, spec, api_endpoint=args.api_endpoint).to_dict()
+        deployment = deploy_model(args.registered_model, spec, api_endpoint=args.api_endpoint)
         if args.output:
-            from components.common.jsonl import write_json
-
-            write_json(args.output, result)
+            write_document(args.output, deployment)
+        result = deployment.model_dump(mode="json")
     else:
         result = smoke_test(args.deployment, args.test_data, args.output_dir, recipe=args.recipe,
                             overrides=args.overrides, prompts=args.prompts, min_format_rate=args.min_format_rate,

@@ -22,7 +22,7 @@ def deploy_model_component(
     import logging
 
     from components.common.errors import exit_on_user_error
-    from components.deploy.core import DeploymentSpec, deploy_model
+    from components.deploy.core import DeploymentSpec, deploy_model, write_deployment
 
     logging.basicConfig(level=logging.INFO)
     with exit_on_user_error():
@@ -31,7 +31,7 @@ def deploy_model_component(
             accelerator_count=accelerator_count, min_replica_count=min_replica_count,
             max_replica_count=max_replica_count, traffic_percentage=traffic_percentage,
         ), api_endpoint=api_endpoint or None)
-    result.write(deployment.path)
+    write_deployment(result, deployment.path)
     deployment.metadata.update({"endpoint": result.endpoint, "deployed_model_id": result.deployed_model_id,
                                 "traffic_split": result.traffic_split, "backend": result.backend})
     return result.deployed_model_id

@@ -18,11 +18,11 @@ import dataclasses
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import RegistrationRecord, artifact_file, read_document
+from components.common.artifacts import Deployment, RegistrationRecord, artifact_file, read_document, write_document
 from components.common.errors import UserError
 from components.common.jsonl import write_json
 from components.common.vertex import init_vertex
@@ -69,37 +69,14 @@ class DeploymentSpec:
                             f"{self.accelerator_type!r} x {self.accelerator_count}")
 
 
-@dataclass
-class Deployment:
-    """A version on an endpoint, and the traffic split it found there (what a rollback restores)."""
+def write_deployment(deployment: Deployment, folder: str | Path) -> None:
+    """deployment.json into ``folder`` (deploy's output artifact)."""
+    write_document(Path(folder) / DEPLOYMENT_FILE, deployment)
 
-    backend: str
-    endpoint: str  # Vertex endpoint resource name, or the folder endpoint's directory
-    endpoint_name: str
-    deployed_model_id: str
-    model: str  # the registered version (resource name or version folder)
-    model_uri: str  # the model files (a folder endpoint serves them)
-    traffic_split: dict[str, int]
-    previous_traffic_split: dict[str, int]
-    created: bool
-    spec: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def write(self, folder: str | Path) -> None:
-        """deployment.json into ``folder`` (deploy's output artifact)."""
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        write_json(Path(folder) / DEPLOYMENT_FILE, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Deployment:
-        """deployment.json (deploy's output) from a file path or the directory holding it."""
-        path = artifact_file(path, DEPLOYMENT_FILE, "deployment", "deploy")
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise UserError(f"deployment: {path} is not a deploy step's {DEPLOYMENT_FILE} ({err})") from None
+def load_deployment(path: str | Path) -> Deployment:
+    """deployment.json (deploy's output) from a file path or the directory holding it."""
+    return read_document(Deployment, artifact_file(path, DEPLOYMENT_FILE, "deployment", "deploy"))
 
 
 def load_registration(path: str | Path) -> dict[str, Any]:

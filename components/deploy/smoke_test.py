@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from components.common.answers import extract_answer
-from components.common.artifacts import artifact_file
+from components.common.artifacts import Deployment, artifact_file
 from components.common.errors import UserError
 from components.common.jsonl import read_jsonl, write_json
 from components.common.recipes import Recipe, load_recipe
 from components.deploy.chat import ChatClient, EndpointError, OpenAIServer, Transport, VertexPredict
-from components.deploy.core import Deployment, rollback, undeploy
+from components.deploy.core import load_deployment, rollback, undeploy
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def smoke_test(
     """Smoke-test the deployment in ``deployment_path``; write and return the report, or raise SmokeTestFailed."""
     if not 0 <= min_format_rate <= 1:
         raise UserError(f"min_format_rate must be in [0, 1], got {min_format_rate}")
-    deployment = Deployment.load(deployment_path)
+    deployment = load_deployment(deployment_path)
     rows = load_prompts(test_data, prompts)
     spec = load_recipe(recipe, overrides)
     output_dir = Path(output_dir)
