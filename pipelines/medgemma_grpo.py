@@ -177,11 +177,11 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                                           model_id=model_id, hf_token_secret=hf_token_secret))
                 prepared = data.outputs["prepared_data"]
                 baseline = on_gpus(with_token(baseline_eval(test_data=prepared, model_id=model_id, recipe=model_recipe,
-                                                            overrides=settings, limit=eval_question_limit,
+                                                            recipe_settings=settings, limit=eval_question_limit,
                                                             hf_token_secret=hf_token_secret)),
                                    eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
                 with dsl.If(checked.output == "one-vm", name="train-on-one-vm"):  # its GPUs, data parallel when several
-                    one_vm = train(prepared_data=prepared, recipe=model_recipe, model_id=model_id, overrides=settings,
+                    one_vm = train(prepared_data=prepared, recipe=model_recipe, model_id=model_id, recipe_settings=settings,
                                    serving_mode=registered_weights, hf_token_secret=hf_token_secret,
                                    checkpoint_root=target_settings.checkpoint_root,
                                    pipeline_run=target_settings.run_id)
@@ -192,7 +192,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                         prepared_data=prepared, trainer_image=images.trainer, nodes=train_nodes,
                         accelerator_type=train_accelerator_type, accelerator_count=train_accelerator_count,
                         machine_type=train_machine_type, spot=train_on_spot, recipe=model_recipe, model_id=model_id,
-                        overrides=settings, serving_mode=registered_weights, hf_token_secret=hf_token_secret,
+                        recipe_settings=settings, serving_mode=registered_weights, hf_token_secret=hf_token_secret,
                         encryption_key=encryption_key, network=network, service_account=service_account,
                         tensorboard=tensorboard, pipeline_run=target_settings.run_id,
                         project=target_settings.run_project, location=target_settings.run_location).set_retry(5)
@@ -200,7 +200,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                 tuned_model = tuned_model_of(model_uri=dsl.OneOf(one_vm.outputs["Output"],
                                                                  custom_job.outputs["Output"])).outputs["tuned_model"]
                 tuned = on_gpus(with_token(tuned_eval(test_data=prepared, model_id=model_id, adapter=tuned_model,
-                                                      recipe=model_recipe, overrides=settings,
+                                                      recipe=model_recipe, recipe_settings=settings,
                                                       limit=eval_question_limit, hf_token_secret=hf_token_secret)),
                                 eval_accelerator_type, eval_accelerator_count, gpu_task_cpus, gpu_task_memory)
                 gate = compare(baseline_evaluation=baseline.outputs["evaluation"],
@@ -209,7 +209,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                     registered = with_volume(register(
                         model=tuned_model, comparison=gate.outputs["comparison"],
                         tuned_evaluation=tuned.outputs["evaluation"], registry_uri=registry_uri,
-                        model_name=entry["model_display_name"], recipe=model_recipe, overrides=settings,
+                        model_name=entry["model_display_name"], recipe=model_recipe, recipe_settings=settings,
                         base_model=model_id, data_fingerprint=data.outputs["Output"],
                         pipeline_run=target_settings.run_id, serving_mode=registered_weights,
                         encryption_key=encryption_key, run_project=target_settings.run_project,
@@ -222,7 +222,7 @@ def build_pipeline(images: Images = DEFAULT_IMAGES, *, target: targets.Target | 
                                           min_replica_count=deploy_min_replicas, max_replica_count=deploy_max_replicas,
                                           traffic_percentage=deploy_traffic_percentage)
                         smoke_test(deployment=deployed.outputs["deployment"], test_data=prepared, recipe=model_recipe,
-                                   overrides=settings, prompts=smoke_test_prompts,
+                                   recipe_settings=settings, prompts=smoke_test_prompts,
                                    min_format_rate=smoke_test_min_format_rate, undeploy_after=undeploy_after_smoke_test)
                 with dsl.Else(name="gate-failed"):
                     unregistered = skip_registration()

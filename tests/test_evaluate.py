@@ -163,7 +163,7 @@ def test_kfp_wrapper_writes_evaluation_folder_and_ui_artifacts(tiny_model, test_
     evaluation, metrics, confusion, summary = (FakeArtifact(tmp_path / n) for n in ("evaluation", "metrics", "confusion", "summary.md"))
     evaluate_model_component(
         FakeArtifact(test_file.parent), evaluation, metrics, confusion, summary, model_id=tiny_model, adapter=None,
-        recipe="tiny-cpu", overrides="evaluation.max_new_tokens=3,evaluation.do_sample=false", limit=3,
+        recipe="tiny-cpu", recipe_settings="evaluation.max_new_tokens=3,evaluation.do_sample=false", limit=3,
     )
     assert (Path(evaluation.path) / "predictions.jsonl").is_file()
     assert metrics.metadata["n"] == 3 and "accuracy[meta_info=step1]" in metrics.metadata

@@ -43,7 +43,7 @@ def smoke_test_component(
     report: Output[Artifact],
     metrics: Output[Metrics],
     recipe: str,
-    overrides: list = [],  # noqa: B006 (KFP needs a literal default)
+    recipe_settings: list = [],  # noqa: B006 (KFP needs a literal default)
     prompts: int = 20,
     min_format_rate: float = 0.9,
     undeploy_after: bool = False,
@@ -59,7 +59,7 @@ def smoke_test_component(
 
     logging.basicConfig(level=logging.INFO)
     with exit_on_user_error():
-        result = smoke_test(deployment.path, test_data.path, report.path, recipe=recipe, overrides=list(overrides),
+        result = smoke_test(deployment.path, test_data.path, report.path, recipe=recipe, overrides=list(recipe_settings),
                             prompts=prompts, min_format_rate=min_format_rate, undeploy_after=undeploy_after,
                             api_endpoint=api_endpoint or None)
     for key in ("n", "errors", "format_rate", "accuracy", "latency_p50_s", "latency_p95_s"):

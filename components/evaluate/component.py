@@ -12,14 +12,14 @@ def evaluate_model_component(
     model_id: str = "google/medgemma-4b-it",
     adapter: Input[Model] = None,
     recipe: str = "medgemma-4b",
-    overrides: list = [],  # noqa: B006 (KFP needs a literal default)
+    recipe_settings: list = [],  # noqa: B006 (KFP needs a literal default)
     limit: int = 0,
     hf_token_secret: str = "",
 ):
     """Evaluate ``model_id`` (plus ``adapter`` when given) on the test split.
 
     ``test_data``: data prep's folder (holding test.jsonl) or the test.jsonl file itself. ``evaluation``: a folder
-    with metrics.json and predictions.jsonl, the compare step's input. ``overrides``: recipe ``key=value`` strings
+    with metrics.json and predictions.jsonl, the compare step's input. ``recipe_settings``: recipe ``section.field=value`` strings
     (a list, or one string separated by commas/newlines). ``limit`` 0 evaluates the full split.
     """
     from components.common.errors import exit_on_user_error
@@ -30,7 +30,7 @@ def evaluate_model_component(
         export_hf_token(hf_token_secret or None)  # read by from_pretrained and vLLM; never logged
         outputs = evaluate_for_pipeline(
             test_data.path, evaluation.path, summary.path, model_id=model_id,
-            adapter=adapter.path if adapter is not None else None, recipe=recipe, overrides=overrides, limit=limit,
+            adapter=adapter.path if adapter is not None else None, recipe=recipe, overrides=recipe_settings, limit=limit,
         )
     for key, value in outputs.metrics.items():
         metrics.log_metric(key, value)

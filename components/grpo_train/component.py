@@ -9,7 +9,7 @@ def grpo_train_component(
     training_metrics: Output[Metrics],
     recipe: str = "medgemma-4b",
     model_id: str = "google/medgemma-4b-it",
-    overrides: list = [],  # noqa: B006 (KFP needs a literal default)
+    recipe_settings: list = [],  # noqa: B006 (KFP needs a literal default)
     serving_mode: str = "merged",
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
@@ -22,7 +22,7 @@ def grpo_train_component(
     Checkpoints live in ``tuned_model`` (on Vertex a /gcs/ path under the pipeline root) or, when
     ``checkpoint_root`` is set, in ``checkpoint_root/<pipeline_run>/<digest of this task's inputs>`` (self-hosted
     KFP: a mounted volume, since outputs are uploaded only when a task succeeds); either way a restarted task
-    resumes from the newest complete one. ``overrides``: recipe ``section.field=value`` strings.
+    resumes from the newest complete one. ``recipe_settings``: recipe ``section.field=value`` strings.
     ``hf_token_secret``: a Secret Manager resource name, never a token.
     """
     import logging
@@ -36,9 +36,9 @@ def grpo_train_component(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with exit_on_user_error():
         checkpoint_dir = run_checkpoint_dir(checkpoint_root, pipeline_run, prepared_data.path, model_id, recipe,
-                                            *overrides, serving_mode) if checkpoint_root else ""
+                                            *recipe_settings, serving_mode) if checkpoint_root else ""
         job = TrainingJob.build(
-            recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
+            recipe, prepared_data.path, tuned_model.path, overrides=list(recipe_settings), model=model_id or None,
             merge=serving_mode == "merged", hf_token_secret=hf_token_secret,
             completion_sample_size=completion_sample_size,
             tensorboard_dir=os.environ.get("AIP_TENSORBOARD_LOG_DIR", ""),  # Vertex's, when the run has a TensorBoard
@@ -61,7 +61,7 @@ def grpo_train_multinode_component(
     machine_type: str = "",
     recipe: str = "medgemma-4b",
     model_id: str = "google/medgemma-4b-it",
-    overrides: list = [],  # noqa: B006 (KFP needs a literal default)
+    recipe_settings: list = [],  # noqa: B006 (KFP needs a literal default)
     serving_mode: str = "merged",
     hf_token_secret: str = "",
     completion_sample_size: int = 0,
@@ -98,7 +98,7 @@ def grpo_train_multinode_component(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with exit_on_user_error():
         job = TrainingJob.build(
-            recipe, prepared_data.path, tuned_model.path, overrides=list(overrides), model=model_id or None,
+            recipe, prepared_data.path, tuned_model.path, overrides=list(recipe_settings), model=model_id or None,
             merge=serving_mode == "merged", hf_token_secret=hf_token_secret,
             completion_sample_size=completion_sample_size,
         )

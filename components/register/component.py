@@ -18,7 +18,7 @@ def register_model(
     base_model: str = "google/medgemma-4b-it",
     data_fingerprint: str = "",
     serving_mode: str = "merged",
-    overrides: list = [],  # noqa: B006 (recipe "section.field=value" overrides: the serving flags)
+    recipe_settings: list = [],  # noqa: B006 (recipe "section.field=value" changes: the serving flags)
     serving_image: str = "",
     encryption_key: str = "",
     run_project: str = "",
@@ -55,7 +55,7 @@ def register_model(
             data_fingerprint=data_fingerprint,
             pipeline_run=pipeline_run,
             serving_mode=serving_mode,
-            recipe_overrides=list(overrides),
+            recipe_overrides=list(recipe_settings),
             predictions_path=tuned_evaluation.path,
             serving_image=serving_image or DEFAULT_VLLM_IMAGE,
             staging_uri=staging_uri,
