@@ -93,26 +93,33 @@ def tasks_from_vertex(job_resource_name: str, *, api_endpoint: str | None = None
     init_vertex(parts[1], parts[3], api_endpoint, credentials)
     job = aiplatform.PipelineJob.get(job_resource_name)
     details = [type(detail).to_dict(detail, use_integers_for_enums=False) for detail in job.task_details]
-    tasks = {}
-    for detail in details:
-        artifacts = {name: (entry.get("artifacts") or [{}])[0].get("metadata") or {}
-                     for name, entry in (detail.get("outputs") or {}).items()}
-        metadata = (detail.get("execution") or {}).get("metadata") or {}
-        parameters = {key.removeprefix("output:"): value for key, value in metadata.items() if key.startswith("output:")}
-        tasks[id(detail)] = TaskResult(detail.get("state") or "STATE_UNSPECIFIED", artifacts, parameters)
-    run = {detail["task_name"]: tasks[id(detail)] for detail in details if detail["task_name"] not in MODEL_STEPS}
-    in_models = [detail for detail in details if detail["task_name"] in MODEL_STEPS]
-    if branches := _branches_by_parent(details, in_models, tasks):
+    run = {detail["task_name"]: _vertex_task(detail) for detail in details if detail["task_name"] not in MODEL_STEPS}
+    in_models = [(detail, _vertex_task(detail)) for detail in details if detail["task_name"] in MODEL_STEPS]
+    if branches := _branches_by_parent(details, in_models):
         return RunTasks(run, _in_planned_order(branches, run.get("plan-models")))
     per_model: dict[str, list[TaskResult]] = {}
-    for detail in in_models:
-        per_model.setdefault(detail["task_name"], []).append(tasks[id(detail)])
+    for detail, task in in_models:
+        per_model.setdefault(detail["task_name"], []).append(task)
     if all(len(found) == 1 for found in per_model.values()):
         return RunTasks(run, [{name: found[0] for name, found in per_model.items()}] if per_model else [])
     # Several models: each step by name, a failed one first, so that the failed step is still named.
     failed_first = {name: min(found, key=lambda task: task.state in (SUCCEEDED, "SKIPPED"))
                     for name, found in per_model.items()}
     return RunTasks(run, [], failed_first)
+
+
+def _vertex_task(detail: dict[str, Any]) -> TaskResult:
+    """One task detail's state, output artifacts' metadata and output parameters."""
+    artifacts = {name: (entry.get("artifacts") or [{}])[0].get("metadata") or {}
+                 for name, entry in (detail.get("outputs") or {}).items()}
+    metadata = (detail.get("execution") or {}).get("metadata") or {}
+    parameters = {key.removeprefix("output:"): value for key, value in metadata.items() if key.startswith("output:")}
+    return TaskResult(detail.get("state") or "STATE_UNSPECIFIED", artifacts, parameters)
+
+
+def _entry(branch: dict[str, TaskResult]) -> dict[str, Any]:
+    """The branch's model entry (model-entry's outputs: name, base_model, recipe, ...); empty before it ran."""
+    return branch["model-entry"].parameters if "model-entry" in branch else {}
 
 
 def _in_planned_order(branches: list[dict[str, TaskResult]], plan: TaskResult | None) -> list[dict[str, TaskResult]]:
@@ -122,28 +129,28 @@ def _in_planned_order(branches: list[dict[str, TaskResult]], plan: TaskResult | 
     names = [entry.get("name") for entry in planned if isinstance(entry, dict)] if isinstance(planned, list) else []
 
     def position(branch: dict[str, TaskResult]) -> int:
-        name = branch["model-entry"].parameters.get("name") if "model-entry" in branch else None
+        name = _entry(branch).get("name")
         return names.index(name) if name in names else len(names)
 
     return sorted(branches, key=position)
 
 
-def _branches_by_parent(details: list[dict[str, Any]], in_models: list[dict[str, Any]],
-                        tasks: dict[int, TaskResult]) -> list[dict[str, TaskResult]]:
+def _branches_by_parent(details: list[dict[str, Any]],
+                        in_models: list[tuple[dict[str, Any], TaskResult]]) -> list[dict[str, TaskResult]]:
     """Each model's tasks, grouped under the DAG holding its model-entry task, in model-entry order; [] when the
     details do not tell the models apart (no parent IDs, or several model-entry tasks under one parent)."""
     parent_of = {detail.get("task_id"): detail.get("parent_task_id") for detail in details}
-    roots = [detail.get("parent_task_id") for detail in in_models if detail["task_name"] == "model-entry"]
+    roots = [detail.get("parent_task_id") for detail, _ in in_models if detail["task_name"] == "model-entry"]
     if len(roots) < 2 or None in roots or len(set(roots)) != len(roots):
         return []
     branches: list[dict[str, TaskResult]] = [{} for _ in roots]
-    for detail in in_models:
+    for detail, task in in_models:
         ancestor, seen = detail.get("parent_task_id"), set()
         while ancestor is not None and ancestor not in roots and ancestor not in seen:
             seen.add(ancestor)
             ancestor = parent_of.get(ancestor)
         if ancestor in roots:
-            branches[roots.index(ancestor)][detail["task_name"]] = tasks[id(detail)]
+            branches[roots.index(ancestor)][detail["task_name"]] = task
     return branches
 
 
@@ -173,12 +180,8 @@ def _first_missing(steps: tuple[str, ...], tasks: dict[str, TaskResult]) -> str 
 def _failed_step(state: str, tasks: RunTasks) -> tuple[str | None, str | None]:
     """(the step that failed, the model whose branch it is in): the run's own steps, then each model's branch
     in order, then the results table."""
-
-    def model_name(branch: dict[str, TaskResult]) -> str | None:
-        return branch["model-entry"].parameters.get("name") if "model-entry" in branch else None
-
     groups = [(RUN_STEPS, tasks.run, None)]
-    groups += [(MODEL_STEPS, {**tasks.run, **branch}, model_name(branch))
+    groups += [(MODEL_STEPS, {**tasks.run, **branch}, _entry(branch).get("name"))
                for branch in tasks.branches or [tasks.unattributed]]
     groups.append(((TABLE_STEP,), tasks.run, None))
     recorded = next(((step, model) for steps, group, model in groups
@@ -205,7 +208,7 @@ def _model_summary(branch: dict[str, TaskResult], index: int) -> ModelSummary:
         result = branch.get(task)
         return result.artifacts.get(name, {}) if result is not None else {}
 
-    entry = branch["model-entry"].parameters if "model-entry" in branch else {}
+    entry = _entry(branch)
     baseline, tuned = artifact("baseline-eval", "metrics"), artifact("tuned-eval", "metrics")
     comparison = artifact("compare", "comparison_metrics")
     registration = artifact("register", "registered_model")
